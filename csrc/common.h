@@ -1,0 +1,94 @@
+// Shared argument checks and small helpers for the scc CPU (and CUDA) kernels.
+// Every check names the argument, what was expected and what was given, so that a
+// user calling torch.ops.scc.* directly gets the same clear error as through the Python API.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace scc {
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::string s = "(";
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    s += std::to_string(t.size(d));
+    if (d + 1 < t.dim()) s += ", ";
+  }
+  if (t.dim() == 1) s += ",";
+  return s + ")";
+}
+
+inline void check_rank(const at::Tensor& t, int64_t rank, const char* name, const char* axes) {
+  TORCH_CHECK_VALUE(t.dim() == rank, "scc: `", name, "` must have shape ", axes, " (", rank,
+                    " dims), got shape ", shape_str(t));
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  auto st = t.scalar_type();
+  TORCH_CHECK_VALUE(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+                    "scc: `", name, "` must be float32, float64, float16 or bfloat16, got ",
+                    t.scalar_type());
+}
+
+inline void check_nonempty(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.numel() > 0, "scc: `", name, "` must not be empty, got shape ", shape_str(t));
+}
+
+inline void check_same_device(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), "scc: `", an, "` and `", bn,
+                    "` must be on the same device, got ", a.device(), " and ", b.device());
+}
+
+inline void check_same_dtype(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
+  TORCH_CHECK_VALUE(a.scalar_type() == b.scalar_type(), "scc: `", an, "` and `", bn,
+                    "` must have the same dtype, got ", a.scalar_type(), " and ", b.scalar_type());
+}
+
+inline void check_dim_eq(int64_t got, int64_t want, const char* what) {
+  TORCH_CHECK_VALUE(got == want, "scc: ", what, ": expected ", want, ", got ", got);
+}
+
+// CPU kernels compute in float32 or float64; half and bfloat16 inputs are widened to float32
+// (accumulation precision is fp32 anyway) and results are narrowed back by the caller.
+inline at::Tensor widen(const at::Tensor& t) {
+  if (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16) return t.to(at::kFloat).contiguous();
+  return t.contiguous();
+}
+
+// Output allocation. With SCC_POISON=1 in the environment (the test suite sets it) every output
+// is filled with NaN (or -1 for integers) before a kernel writes it, so an element a kernel
+// forgets to write shows up in the tests instead of passing with whatever memory held.
+inline bool poison_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("SCC_POISON");
+    return v != nullptr && v[0] == '1';
+  }();
+  return on;
+}
+
+inline at::Tensor alloc_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  at::Tensor t = at::empty(sizes, opts);
+  if (poison_enabled()) {
+    if (at::isFloatingType(t.scalar_type())) t.fill_(std::numeric_limits<double>::quiet_NaN());
+    else t.fill_(-1);
+  }
+  return t;
+}
+
+// The 5D correlation volume (B, hs, ws, ht, wt) or its flat view (B, Ns, Nt).
+inline void check_volume(const at::Tensor& corr, const char* name) {
+  TORCH_CHECK_VALUE(corr.dim() == 5 || corr.dim() == 3, "scc: `", name,
+                    "` must have shape (B, hs, ws, ht, wt) or (B, Ns, Nt), got shape ", shape_str(corr));
+  check_floating(corr, name);
+  check_nonempty(corr, name);
+}
+
+inline int64_t vol_ns(const at::Tensor& c) { return c.dim() == 5 ? c.size(1) * c.size(2) : c.size(1); }
+inline int64_t vol_nt(const at::Tensor& c) { return c.dim() == 5 ? c.size(3) * c.size(4) : c.size(2); }
+
+}  // namespace scc

@@ -1,0 +1,118 @@
+// calibrate: P_ij = softmax over j and one "no match" bin of (log(corr+eps) + lam log(g+eps)) / tau.
+// One fused pass per row (log-combine, max, exp, sum, normalise) while the row sits in L1, instead of
+// the reference's log / scale / concatenate / softmax / split over the whole volume.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+
+#include "../common.h"
+#include "../ops.h"
+
+namespace scc {
+namespace cpu {
+namespace {
+
+void check_calibrate_args(const at::Tensor& corr, const at::Tensor& g, double tau, const at::Tensor& bin_logit) {
+  check_volume(corr, "corr");
+  TORCH_CHECK_VALUE(g.sizes() == corr.sizes(), "scc: `g` must have the shape of `corr` ", shape_str(corr), ", got ",
+                    shape_str(g));
+  check_same_dtype(corr, "corr", g, "g");
+  check_same_device(corr, "corr", g, "g");
+  TORCH_CHECK_VALUE(bin_logit.numel() == 1, "scc: `bin_logit` must be a scalar tensor (one element), got shape ",
+                    shape_str(bin_logit));
+  check_same_dtype(corr, "corr", bin_logit, "bin_logit");
+  check_same_device(corr, "corr", bin_logit, "bin_logit");
+  TORCH_CHECK_VALUE(tau > 0 && std::isfinite(tau), "scc: `tau` must be a positive finite number, got ", tau);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> calibrate(const at::Tensor& corr_in, const at::Tensor& g_in, double lam, double tau,
+                                             const at::Tensor& bin_logit, double eps) {
+  check_calibrate_args(corr_in, g_in, tau, bin_logit);
+  const at::Tensor corr = widen(corr_in), g = widen(g_in);
+  const int64_t B = corr.size(0), Ns = vol_ns(corr), Nt = vol_nt(corr);
+  at::Tensor P = alloc_output({B, Ns, Nt}, corr.options());
+  at::Tensor Pu = alloc_output({B, Ns}, corr.options());
+  const double zbin = bin_logit.item<double>();
+  AT_DISPATCH_FLOATING_TYPES(corr.scalar_type(), "scc_calibrate", [&] {
+    using acc_t = scalar_t;
+    const scalar_t* c = corr.data_ptr<scalar_t>();
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    scalar_t* p = P.data_ptr<scalar_t>();
+    scalar_t* pu = Pu.data_ptr<scalar_t>();
+    const acc_t inv_tau = acc_t(1) / static_cast<acc_t>(tau), l = static_cast<acc_t>(lam), e = static_cast<acc_t>(eps);
+    const acc_t z = static_cast<acc_t>(zbin);
+    at::parallel_for(0, B * Ns, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* cr = c + r * Nt;
+        const scalar_t* gr = gp + r * Nt;
+        scalar_t* pr = p + r * Nt;
+        acc_t m = z;
+        for (int64_t j = 0; j < Nt; ++j) {
+          const acc_t v = (std::log(cr[j] + e) + l * std::log(gr[j] + e)) * inv_tau;
+          pr[j] = v;
+          m = v > m ? v : m;
+        }
+        acc_t s = std::exp(z - m);  // 0 when z = -inf (no bin)
+        const acc_t sbin = s;
+        for (int64_t j = 0; j < Nt; ++j) {
+          const acc_t v = std::exp(pr[j] - m);
+          pr[j] = v;
+          s += v;
+        }
+        const acc_t inv = acc_t(1) / s;
+        for (int64_t j = 0; j < Nt; ++j) pr[j] *= inv;
+        pu[r] = sbin * inv;
+      }
+    });
+  });
+  const auto dt = corr_in.scalar_type();
+  return {P.to(dt), Pu.to(dt)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> calibrate_backward(const at::Tensor& gP_in, const at::Tensor& gu_in,
+                                                                  const at::Tensor& P_in, const at::Tensor& Pu_in,
+                                                                  const at::Tensor& corr_in, const at::Tensor& g_in,
+                                                                  double lam, double tau, double eps) {
+  check_volume(corr_in, "corr");
+  const int64_t B = corr_in.size(0), Ns = vol_ns(corr_in), Nt = vol_nt(corr_in);
+  TORCH_CHECK_VALUE(P_in.numel() == B * Ns * Nt && gP_in.numel() == B * Ns * Nt,
+                    "scc: calibrate_backward: `P` and `grad_P` must have shape (B, Ns, Nt) = (", B, ", ", Ns, ", ", Nt, ")");
+  TORCH_CHECK_VALUE(Pu_in.numel() == B * Ns && gu_in.numel() == B * Ns,
+                    "scc: calibrate_backward: `P_unmatched` and `grad_unmatched` must have shape (B, Ns) = (", B, ", ", Ns, ")");
+  const at::Tensor corr = widen(corr_in), g = widen(g_in);
+  const auto wt = corr.scalar_type();
+  const at::Tensor P = P_in.to(wt).contiguous(), Pu = Pu_in.to(wt).contiguous();
+  const at::Tensor gP = gP_in.to(wt).contiguous(), gu = gu_in.to(wt).contiguous();
+  at::Tensor gc = alloc_output(corr.sizes(), corr.options());
+  at::Tensor gg = alloc_output(corr.sizes(), corr.options());
+  at::Tensor gbin_rows = at::empty({B * Ns}, corr.options());
+  AT_DISPATCH_FLOATING_TYPES(wt, "scc_calibrate_backward", [&] {
+    const scalar_t *c = corr.data_ptr<scalar_t>(), *gv = g.data_ptr<scalar_t>();
+    const scalar_t *p = P.data_ptr<scalar_t>(), *pu = Pu.data_ptr<scalar_t>();
+    const scalar_t *dp = gP.data_ptr<scalar_t>(), *du = gu.data_ptr<scalar_t>();
+    scalar_t *oc = gc.data_ptr<scalar_t>(), *og = gg.data_ptr<scalar_t>(), *ob = gbin_rows.data_ptr<scalar_t>();
+    const scalar_t inv_tau = scalar_t(1) / static_cast<scalar_t>(tau), l = static_cast<scalar_t>(lam);
+    const scalar_t e = static_cast<scalar_t>(eps);
+    at::parallel_for(0, B * Ns, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t o = r * Nt;
+        scalar_t dot = du[r] * pu[r];
+        for (int64_t j = 0; j < Nt; ++j) dot += dp[o + j] * p[o + j];
+        for (int64_t j = 0; j < Nt; ++j) {
+          const scalar_t gl = p[o + j] * (dp[o + j] - dot) * inv_tau;  // d/d(log-combined term)
+          oc[o + j] = gl / (c[o + j] + e);
+          og[o + j] = gl * l / (gv[o + j] + e);
+        }
+        ob[r] = pu[r] * (du[r] - dot);
+      }
+    });
+  });
+  const auto dt = corr_in.scalar_type();
+  return {gc.to(dt), gg.to(dt), gbin_rows.sum().reshape({}).to(dt)};
+}
+
+}  // namespace cpu
+}  // namespace scc

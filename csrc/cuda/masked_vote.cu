@@ -1,0 +1,478 @@
+// masked_vote on CUDA. h = A(w) with w_ij = corr_ij mask_s_i mask_t_j and A the local or global vote
+// operator, then g = h / (max over each batch item's volume of h + eps).
+//   local:  A factors into four 1D passes (all in opmath precision, fp32 or fp64):
+//           u = Gaussian blur of w over the target x then y axis, evaluated on the target grid
+//           extended by r on every side (j + d may leave the grid while j + d + e is inside it),
+//           then h_ij = sum_d u_(i+d),(j+d) as a box sum along the x and then the y diagonal.
+//   global: a thread per histogram offset o sums w over all (i, i + o) (no atomics, deterministic),
+//           the histogram is blurred by K with zero outside, and h_ij = Vblur(x_j - x_i).
+// A is self-adjoint (K symmetric, symmetric ranges), so the backward applies the same operator.
+#include "common.h"
+#include "cuda/utils.cuh"
+#include "ops.h"
+
+#include <string>
+
+namespace scc {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+struct Dims {
+  int64_t batch, hs, ws, ht, wt, r, rho;
+  __host__ __device__ int64_t ns() const { return hs * ws; }
+  __host__ __device__ int64_t nt() const { return ht * wt; }
+};
+
+// Row-layout kernels: one warp per row of the last axis, 8 rows per block. Exits are warp-uniform.
+#define SCC_ROW_PROLOGUE(ROWS)                                                            \
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y; \
+  if (row >= (ROWS)) return;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t gauss(int64_t e, acc_t inv_2s2) {
+  return exp(-static_cast<acc_t>(e * e) * inv_2s2);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void weight_kernel(const scalar_t* __restrict__ corr, const scalar_t* __restrict__ ms,
+                              const scalar_t* __restrict__ mt, int64_t rows, int64_t ns, int64_t nt,
+                              acc_t* __restrict__ w) {
+  SCC_ROW_PROLOGUE(rows)
+  const acc_t m = static_cast<acc_t>(ms[row]);
+  const scalar_t* mtb = mt + (row / ns) * nt;
+  for (int64_t j = threadIdx.x; j < nt; j += kWarp)
+    w[row * nt + j] = static_cast<acc_t>(corr[row * nt + j]) * m * static_cast<acc_t>(mtb[j]);
+}
+
+// ---- local operator -------------------------------------------------------------------------
+
+// ux[(b,i,jy), xp] = sum_ex k(ex) in[(b,i,jy), xp - r + ex], xp in [0, wt + 2r).
+template <typename acc_t>
+__global__ void blur_x_kernel(const acc_t* __restrict__ in, Dims d, acc_t inv_2s2, acc_t* __restrict__ ux) {
+  const int64_t wx = d.wt + 2 * d.r;
+  SCC_ROW_PROLOGUE(d.batch * d.ns() * d.ht)
+  for (int64_t xp = threadIdx.x; xp < wx; xp += kWarp) {
+    acc_t s = 0;
+    for (int64_t e = -d.rho; e <= d.rho; ++e) {
+      const int64_t jx = xp - d.r + e;
+      if (jx >= 0 && jx < d.wt) s += gauss(e, inv_2s2) * in[row * d.wt + jx];
+    }
+    ux[row * wx + xp] = s;
+  }
+}
+
+// u[(b,i), yp, xp] = sum_ey k(ey) ux[(b,i), yp - r + ey, xp], yp in [0, ht + 2r).
+template <typename acc_t>
+__global__ void blur_y_kernel(const acc_t* __restrict__ ux, Dims d, acc_t inv_2s2, acc_t* __restrict__ u) {
+  const int64_t hx = d.ht + 2 * d.r, wx = d.wt + 2 * d.r;
+  SCC_ROW_PROLOGUE(d.batch * d.ns() * hx)
+  const int64_t bi = row / hx, yp = row - bi * hx;
+  for (int64_t xp = threadIdx.x; xp < wx; xp += kWarp) {
+    acc_t s = 0;
+    for (int64_t e = -d.rho; e <= d.rho; ++e) {
+      const int64_t jy = yp - d.r + e;
+      if (jy >= 0 && jy < d.ht) s += gauss(e, inv_2s2) * ux[(bi * d.ht + jy) * wx + xp];
+    }
+    u[row * wx + xp] = s;
+  }
+}
+
+// v[(b,iy,ix), yp, jx] = sum_dx u[(b,iy,ix+dx), yp, jx + dx + r] over 0 <= ix + dx < ws.
+template <typename acc_t>
+__global__ void box_x_kernel(const acc_t* __restrict__ u, Dims d, acc_t* __restrict__ v) {
+  const int64_t hx = d.ht + 2 * d.r, wx = d.wt + 2 * d.r;
+  SCC_ROW_PROLOGUE(d.batch * d.ns() * hx)
+  const int64_t src = row / hx, yp = row - src * hx, ix = src % d.ws;
+  for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) {
+    acc_t s = 0;
+    for (int64_t dx = -d.r; dx <= d.r; ++dx) {
+      if (ix + dx >= 0 && ix + dx < d.ws) s += u[((src + dx) * hx + yp) * wx + jx + dx + d.r];
+    }
+    v[row * d.wt + jx] = s;
+  }
+}
+
+// h[(b,iy,ix), jy, jx] = sum_dy v[(b,iy+dy,ix), jy + dy + r, jx] over 0 <= iy + dy < hs.
+template <typename acc_t>
+__global__ void box_y_kernel(const acc_t* __restrict__ v, Dims d, acc_t* __restrict__ h) {
+  const int64_t hx = d.ht + 2 * d.r;
+  SCC_ROW_PROLOGUE(d.batch * d.ns() * d.ht)
+  const int64_t src = row / d.ht, jy = row - src * d.ht, iy = (src / d.ws) % d.hs;
+  for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) {
+    acc_t s = 0;
+    for (int64_t dy = -d.r; dy <= d.r; ++dy) {
+      if (iy + dy >= 0 && iy + dy < d.hs) s += v[((src + dy * d.ws) * hx + jy + dy + d.r) * d.wt + jx];
+    }
+    h[row * d.wt + jx] = s;
+  }
+}
+
+// ---- global operator ------------------------------------------------------------------------
+
+// V[b, oy + hs - 1, ox + ws - 1] = sum over source cells i with i + o inside the target grid.
+template <typename acc_t>
+__global__ void hist_kernel(const acc_t* __restrict__ in, Dims d, acc_t* __restrict__ hist) {
+  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
+  SCC_ROW_PROLOGUE(d.batch * hh)
+  const int64_t b = row / hh, oy = row - b * hh - (d.hs - 1);
+  const int64_t y0 = max(int64_t(0), -oy), y1 = min(d.hs, d.ht - oy);
+  const acc_t* inb = in + b * d.ns() * d.nt();
+  for (int64_t oxp = threadIdx.x; oxp < hw; oxp += kWarp) {
+    const int64_t ox = oxp - (d.ws - 1);
+    const int64_t x0 = max(int64_t(0), -ox), x1 = min(d.ws, d.wt - ox);
+    acc_t s = 0;
+    for (int64_t iy = y0; iy < y1; ++iy)
+      for (int64_t ix = x0; ix < x1; ++ix)
+        s += inb[(iy * d.ws + ix) * d.nt() + (iy + oy) * d.wt + ix + ox];
+    hist[row * hw + oxp] = s;
+  }
+}
+
+// Vb = K * V with zero outside the histogram.
+template <typename acc_t>
+__global__ void hist_blur_kernel(const acc_t* __restrict__ hist, Dims d, acc_t inv_2s2, acc_t* __restrict__ vb) {
+  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
+  SCC_ROW_PROLOGUE(d.batch * hh)
+  const int64_t b = row / hh, oy = row - b * hh;
+  for (int64_t ox = threadIdx.x; ox < hw; ox += kWarp) {
+    acc_t s = 0;
+    for (int64_t ey = -d.rho; ey <= d.rho; ++ey) {
+      if (oy + ey < 0 || oy + ey >= hh) continue;
+      const acc_t ky = gauss(ey, inv_2s2);
+      for (int64_t ex = -d.rho; ex <= d.rho; ++ex) {
+        if (ox + ex >= 0 && ox + ex < hw) s += ky * gauss(ex, inv_2s2) * hist[(b * hh + oy + ey) * hw + ox + ex];
+      }
+    }
+    vb[row * hw + ox] = s;
+  }
+}
+
+// h[b, i, j] = Vb[b, x_j - x_i].
+template <typename acc_t>
+__global__ void gather_kernel(const acc_t* __restrict__ vb, Dims d, acc_t* __restrict__ h) {
+  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
+  SCC_ROW_PROLOGUE(d.batch * d.ns())
+  const int64_t b = row / d.ns(), i = row - b * d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
+  for (int64_t j = threadIdx.x; j < d.nt(); j += kWarp) {
+    const int64_t jy = j / d.wt, jx = j - jy * d.wt;
+    h[row * d.nt() + j] = vb[(b * hh + jy - iy + d.hs - 1) * hw + jx - ix + d.ws - 1];
+  }
+}
+
+// ---- per-batch reductions (two stages, fixed order: deterministic) --------------------------
+
+template <typename acc_t>
+__global__ void max_partial_kernel(const acc_t* __restrict__ h, int64_t n, MaxIdx<acc_t>* __restrict__ part) {
+  const int64_t b = blockIdx.y;
+  MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const acc_t v = h[b * n + k];
+    if (v > m.v || m.i == INT64_MAX) m = {v, k};
+  }
+  m = block_max_idx(m);
+  if (threadIdx.x == 0) part[b * gridDim.x + blockIdx.x] = m;
+}
+
+template <typename acc_t>
+__global__ void max_final_kernel(const MaxIdx<acc_t>* __restrict__ part, int64_t nparts,
+                                 MaxIdx<acc_t>* __restrict__ out) {
+  const int64_t b = blockIdx.x;
+  MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
+  for (int64_t k = threadIdx.x; k < nparts; k += blockDim.x) m = better(m, part[b * nparts + k]);
+  m = block_max_idx(m);
+  if (threadIdx.x == 0) out[b] = m;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void dot_partial_kernel(const scalar_t* __restrict__ g, const acc_t* __restrict__ h, int64_t n,
+                                   acc_t* __restrict__ part) {
+  const int64_t b = blockIdx.y;
+  acc_t s = 0;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    s += static_cast<acc_t>(g[b * n + k]) * h[b * n + k];
+  s = block_sum(s);
+  if (threadIdx.x == 0) part[b * gridDim.x + blockIdx.x] = s;
+}
+
+template <typename acc_t>
+__global__ void sum_final_kernel(const acc_t* __restrict__ part, int64_t nparts, acc_t* __restrict__ out) {
+  const int64_t b = blockIdx.x;
+  acc_t s = 0;
+  for (int64_t k = threadIdx.x; k < nparts; k += blockDim.x) s += part[b * nparts + k];
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[b] = s;
+}
+
+// ---- normalisation and its gradient ---------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+__global__ void normalize_kernel(const acc_t* __restrict__ h, const MaxIdx<acc_t>* __restrict__ peak,
+                                 int64_t rows, int64_t ns, int64_t nt, acc_t eps, scalar_t* __restrict__ out) {
+  SCC_ROW_PROLOGUE(rows)
+  const acc_t den = peak[row / ns].v + eps;
+  for (int64_t j = threadIdx.x; j < nt; j += kWarp) out[row * nt + j] = static_cast<scalar_t>(h[row * nt + j] / den);
+}
+
+// grad_h = G / (m + eps) - [n = argmax] sum(G h) / (m + eps)^2.
+template <typename scalar_t, typename acc_t>
+__global__ void grad_h_kernel(const scalar_t* __restrict__ g, const MaxIdx<acc_t>* __restrict__ peak,
+                              const acc_t* __restrict__ dot, int64_t rows, int64_t ns, int64_t nt, acc_t eps,
+                              acc_t* __restrict__ gh) {
+  SCC_ROW_PROLOGUE(rows)
+  const int64_t b = row / ns;
+  const acc_t den = peak[b].v + eps;
+  const int64_t arg = peak[b].i - (row - b * ns) * nt;  // column of the argmax if it lies in this row
+  for (int64_t j = threadIdx.x; j < nt; j += kWarp) {
+    acc_t v = static_cast<acc_t>(g[row * nt + j]) / den;
+    if (j == arg) v -= dot[b] / (den * den);
+    gh[row * nt + j] = v;
+  }
+}
+
+// grad_corr = gw ms mt, and grad_ms_i = sum_j gw_ij corr_ij mt_j (the warp owns row i).
+template <typename scalar_t, typename acc_t>
+__global__ void grad_corr_ms_kernel(const acc_t* __restrict__ gw, const scalar_t* __restrict__ corr,
+                                    const scalar_t* __restrict__ ms, const scalar_t* __restrict__ mt,
+                                    int64_t rows, int64_t ns, int64_t nt, scalar_t* __restrict__ gcorr,
+                                    scalar_t* __restrict__ gms) {
+  SCC_ROW_PROLOGUE(rows)
+  const acc_t m = static_cast<acc_t>(ms[row]);
+  const scalar_t* mtb = mt + (row / ns) * nt;
+  acc_t s = 0;
+  for (int64_t j = threadIdx.x; j < nt; j += kWarp) {
+    const acc_t gv = gw[row * nt + j], t = static_cast<acc_t>(mtb[j]);
+    gcorr[row * nt + j] = static_cast<scalar_t>(gv * m * t);
+    s += gv * static_cast<acc_t>(corr[row * nt + j]) * t;
+  }
+  s = warp_sum(s);
+  if (threadIdx.x == 0) gms[row] = static_cast<scalar_t>(s);
+}
+
+constexpr int kColChunk = 32;
+
+// Partial sums over kColChunk source rows of gw_ij corr_ij ms_i, a thread per target column.
+template <typename scalar_t, typename acc_t>
+__global__ void grad_mt_partial_kernel(const acc_t* __restrict__ gw, const scalar_t* __restrict__ corr,
+                                       const scalar_t* __restrict__ ms, int64_t ns, int64_t nt,
+                                       acc_t* __restrict__ part) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= nt) return;
+  const int64_t chunk = blockIdx.y, b = blockIdx.z, nchunks = gridDim.y;
+  const int64_t i0 = chunk * kColChunk, i1 = min(ns, i0 + kColChunk);
+  acc_t s = 0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t e = (b * ns + i) * nt + j;
+    s += gw[e] * static_cast<acc_t>(corr[e]) * static_cast<acc_t>(ms[b * ns + i]);
+  }
+  part[(b * nchunks + chunk) * nt + j] = s;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void grad_mt_final_kernel(const acc_t* __restrict__ part, int64_t batch, int64_t nchunks, int64_t nt,
+                                     scalar_t* __restrict__ gmt) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= batch * nt) return;
+  const int64_t b = t / nt, j = t - b * nt;
+  acc_t s = 0;
+  for (int64_t k = 0; k < nchunks; ++k) s += part[(b * nchunks + k) * nt + j];
+  gmt[t] = static_cast<scalar_t>(s);
+}
+
+#undef SCC_ROW_PROLOGUE
+
+// ---- host side ------------------------------------------------------------------------------
+
+template <typename acc_t>
+at::Tensor acc_empty(int64_t n, const at::Tensor& like) {
+  return at::empty({n}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+}
+
+// out = A(in) for (B, Ns, Nt) opmath buffers.
+template <typename acc_t>
+void vote_apply(const at::Tensor& in, at::Tensor& out, const Dims& d, bool local, double sigma, cudaStream_t stream) {
+  const acc_t inv_2s2 = static_cast<acc_t>(1.0 / (2.0 * sigma * sigma));
+  const acc_t* ip = in.const_data_ptr<acc_t>();
+  acc_t* op = out.mutable_data_ptr<acc_t>();
+  if (local) {
+    const int64_t hx = d.ht + 2 * d.r, wx = d.wt + 2 * d.r, bns = d.batch * d.ns();
+    at::Tensor ux = acc_empty<acc_t>(bns * d.ht * wx, in);
+    at::Tensor u = acc_empty<acc_t>(bns * hx * wx, in);
+    at::Tensor v = acc_empty<acc_t>(bns * hx * d.wt, in);
+    blur_x_kernel<acc_t><<<row_grid(bns * d.ht), row_block(), 0, stream>>>(ip, d, inv_2s2, ux.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    blur_y_kernel<acc_t><<<row_grid(bns * hx), row_block(), 0, stream>>>(ux.const_data_ptr<acc_t>(), d, inv_2s2,
+                                                                        u.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    box_x_kernel<acc_t><<<row_grid(bns * hx), row_block(), 0, stream>>>(u.const_data_ptr<acc_t>(), d,
+                                                                       v.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    box_y_kernel<acc_t><<<row_grid(bns * d.ht), row_block(), 0, stream>>>(v.const_data_ptr<acc_t>(), d, op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
+    at::Tensor hist = acc_empty<acc_t>(d.batch * hh * hw, in);
+    at::Tensor vb = acc_empty<acc_t>(d.batch * hh * hw, in);
+    hist_kernel<acc_t><<<row_grid(d.batch * hh), row_block(), 0, stream>>>(ip, d, hist.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    hist_blur_kernel<acc_t><<<row_grid(d.batch * hh), row_block(), 0, stream>>>(
+        hist.const_data_ptr<acc_t>(), d, inv_2s2, vb.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gather_kernel<acc_t><<<row_grid(d.batch * d.ns()), row_block(), 0, stream>>>(vb.const_data_ptr<acc_t>(), d, op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+int64_t reduce_parts(int64_t n) { return std::min<int64_t>(ceil_div(n, kThreads), 512); }
+
+// Per-batch maximum of h with its first flat index: (B,) MaxIdx records.
+template <typename acc_t>
+at::Tensor batch_peak(const at::Tensor& h, const Dims& d, cudaStream_t stream) {
+  const int64_t n = d.ns() * d.nt(), nparts = reduce_parts(n);
+  const int64_t rec = sizeof(MaxIdx<acc_t>);
+  at::Tensor part = at::empty({d.batch * nparts * rec}, h.options().dtype(at::kByte));
+  at::Tensor peak = at::empty({d.batch * rec}, h.options().dtype(at::kByte));
+  auto* pp = reinterpret_cast<MaxIdx<acc_t>*>(part.mutable_data_ptr());
+  max_partial_kernel<acc_t><<<dim3(nparts, d.batch), kThreads, 0, stream>>>(h.const_data_ptr<acc_t>(), n, pp);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  max_final_kernel<acc_t><<<d.batch, kThreads, 0, stream>>>(pp, nparts,
+                                                           reinterpret_cast<MaxIdx<acc_t>*>(peak.mutable_data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return peak;
+}
+
+struct Checked {
+  Dims d;
+  bool local;
+};
+
+Checked check_args(const at::Tensor& corr, const at::Tensor& ms, const at::Tensor& mt, c10::string_view mode,
+                   int64_t radius, double sigma) {
+  check_rank(corr, 5, "corr", "(B, hs, ws, ht, wt)");
+  check_floating(corr, "corr");
+  check_nonempty(corr, "corr");
+  check_cuda(corr, "corr");
+  check_rank(ms, 3, "mask_s", "(B, hs, ws)");
+  check_rank(mt, 3, "mask_t", "(B, ht, wt)");
+  check_same_device(ms, "mask_s", corr, "corr");
+  check_same_device(mt, "mask_t", corr, "corr");
+  check_same_dtype(ms, "mask_s", corr, "corr");
+  check_same_dtype(mt, "mask_t", corr, "corr");
+  check_dim_eq(ms.size(0), corr.size(0), "mask_s batch size (corr.shape[0])");
+  check_dim_eq(ms.size(1), corr.size(1), "mask_s height (corr.shape[1] = hs)");
+  check_dim_eq(ms.size(2), corr.size(2), "mask_s width (corr.shape[2] = ws)");
+  check_dim_eq(mt.size(0), corr.size(0), "mask_t batch size (corr.shape[0])");
+  check_dim_eq(mt.size(1), corr.size(3), "mask_t height (corr.shape[3] = ht)");
+  check_dim_eq(mt.size(2), corr.size(4), "mask_t width (corr.shape[4] = wt)");
+  TORCH_CHECK_VALUE(mode == "local" || mode == "global", "scc: `mode` must be 'local' or 'global', got '",
+                    std::string(mode), "'");
+  TORCH_CHECK_VALUE(radius >= 0, "scc: `radius` must be >= 0, got ", radius);
+  TORCH_CHECK_VALUE(sigma > 0, "scc: `sigma` must be > 0, got ", sigma);
+  TORCH_CHECK_VALUE(corr.size(0) <= 65535, "scc: masked_vote: batch size must be <= 65535 on CUDA, got ",
+                    corr.size(0));
+  const int64_t rho = static_cast<int64_t>(std::ceil(2.0 * sigma));
+  return {Dims{corr.size(0), corr.size(1), corr.size(2), corr.size(3), corr.size(4), radius, rho}, mode == "local"};
+}
+
+}  // namespace
+
+at::Tensor masked_vote(const at::Tensor& corr_in, const at::Tensor& mask_s_in, const at::Tensor& mask_t_in,
+                       c10::string_view mode, int64_t radius, double sigma, double eps) {
+  const Checked a = check_args(corr_in, mask_s_in, mask_t_in, mode, radius, sigma);
+  const Dims& d = a.d;
+  const c10::cuda::CUDAGuard guard(corr_in.device());
+  const at::Tensor corr = corr_in.contiguous(), ms = mask_s_in.contiguous(), mt = mask_t_in.contiguous();
+  const int64_t rows = d.batch * d.ns();
+  at::Tensor out = alloc_output(corr.sizes(), corr.options());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  SCC_DISPATCH_FLOATING(corr.scalar_type(), "scc_masked_vote_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor w = acc_empty<acc_t>(rows * d.nt(), corr);
+    at::Tensor h = acc_empty<acc_t>(rows * d.nt(), corr);
+    weight_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
+        corr.const_data_ptr<scalar_t>(), ms.const_data_ptr<scalar_t>(), mt.const_data_ptr<scalar_t>(), rows, d.ns(),
+        d.nt(), w.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    vote_apply<acc_t>(w, h, d, a.local, sigma, stream);
+    const at::Tensor peak = batch_peak<acc_t>(h, d, stream);
+    normalize_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
+        h.const_data_ptr<acc_t>(), reinterpret_cast<const MaxIdx<acc_t>*>(peak.const_data_ptr()), rows, d.ns(),
+        d.nt(), static_cast<acc_t>(eps), out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Tensor& grad_in,
+                                                                    const at::Tensor& corr_in,
+                                                                    const at::Tensor& mask_s_in,
+                                                                    const at::Tensor& mask_t_in,
+                                                                    c10::string_view mode, int64_t radius,
+                                                                    double sigma, double eps) {
+  const Checked a = check_args(corr_in, mask_s_in, mask_t_in, mode, radius, sigma);
+  const Dims& d = a.d;
+  check_same_device(grad_in, "grad", corr_in, "corr");
+  check_same_dtype(grad_in, "grad", corr_in, "corr");
+  TORCH_CHECK_VALUE(grad_in.sizes() == corr_in.sizes(), "scc: `grad` must have the shape of `corr` ",
+                    shape_str(corr_in), ", got ", shape_str(grad_in));
+  const c10::cuda::CUDAGuard guard(corr_in.device());
+  const at::Tensor corr = corr_in.contiguous(), ms = mask_s_in.contiguous(), mt = mask_t_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous();
+  const int64_t rows = d.batch * d.ns(), n = d.ns() * d.nt();
+  at::Tensor gcorr = alloc_output(corr.sizes(), corr.options());
+  at::Tensor gms = alloc_output(ms.sizes(), ms.options());
+  at::Tensor gmt = alloc_output(mt.sizes(), mt.options());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  SCC_DISPATCH_FLOATING(corr.scalar_type(), "scc_masked_vote_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* cp = corr.const_data_ptr<scalar_t>();
+    const scalar_t* msp = ms.const_data_ptr<scalar_t>();
+    const scalar_t* mtp = mt.const_data_ptr<scalar_t>();
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    // Recompute h and its peak.
+    at::Tensor w = acc_empty<acc_t>(rows * d.nt(), corr);
+    at::Tensor h = acc_empty<acc_t>(rows * d.nt(), corr);
+    weight_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(cp, msp, mtp, rows, d.ns(), d.nt(),
+                                                                              w.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    vote_apply<acc_t>(w, h, d, a.local, sigma, stream);
+    const at::Tensor peak = batch_peak<acc_t>(h, d, stream);
+    const auto* pk = reinterpret_cast<const MaxIdx<acc_t>*>(peak.const_data_ptr());
+    // sum(G h) per batch item.
+    const int64_t nparts = reduce_parts(n);
+    at::Tensor part = acc_empty<acc_t>(d.batch * nparts, corr);
+    at::Tensor dot = acc_empty<acc_t>(d.batch, corr);
+    dot_partial_kernel<scalar_t, acc_t><<<dim3(nparts, d.batch), kThreads, 0, stream>>>(
+        gp, h.const_data_ptr<acc_t>(), n, part.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_final_kernel<acc_t><<<d.batch, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), nparts,
+                                                             dot.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // grad_h into `w`'s buffer (w is no longer needed), then grad_w = A(grad_h) into `h`'s.
+    grad_h_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
+        gp, pk, dot.const_data_ptr<acc_t>(), rows, d.ns(), d.nt(), static_cast<acc_t>(eps),
+        w.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    vote_apply<acc_t>(w, h, d, a.local, sigma, stream);
+    const acc_t* gw = h.const_data_ptr<acc_t>();
+    grad_corr_ms_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
+        gw, cp, msp, mtp, rows, d.ns(), d.nt(), gcorr.mutable_data_ptr<scalar_t>(), gms.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t nchunks = ceil_div(d.ns(), kColChunk);
+    TORCH_CHECK(nchunks <= 65535, "scc: masked_vote_backward: source grid too large for the CUDA kernel");
+    at::Tensor cpart = acc_empty<acc_t>(d.batch * nchunks * d.nt(), corr);
+    grad_mt_partial_kernel<scalar_t, acc_t><<<dim3(ceil_div(d.nt(), kThreads), nchunks, d.batch), kThreads, 0, stream>>>(
+        gw, cp, msp, d.ns(), d.nt(), cpart.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    grad_mt_final_kernel<scalar_t, acc_t><<<ceil_div(d.batch * d.nt(), kThreads), kThreads, 0, stream>>>(
+        cpart.const_data_ptr<acc_t>(), d.batch, nchunks, d.nt(), gmt.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gcorr, gms, gmt};
+}
+
+}  // namespace cuda
+}  // namespace scc

@@ -1,0 +1,223 @@
+"""Fake (meta) kernels and autograd formulas of the torch.ops.scc.* custom ops.
+
+The schemas and the CPU/CUDA kernels live in C++ (csrc/ops.cpp); this module makes the ops
+traceable by torch.compile (fake kernels: output shapes and dtypes only) and differentiable
+(each backward is itself a custom op with C++ kernels, so it runs fused too).
+"""
+
+from __future__ import annotations
+
+import torch
+
+ops = torch.ops.scc
+_lib = "scc::"
+
+
+def _reg_fake(name):
+    return torch.library.register_fake(_lib + name)
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _ns(t: torch.Tensor):
+    return t.shape[1] * t.shape[2] if t.dim() == 5 else t.shape[1]
+
+
+def _nt(t: torch.Tensor):
+    return t.shape[3] * t.shape[4] if t.dim() == 5 else t.shape[2]
+
+
+# ---- fake kernels -------------------------------------------------------------------------------
+
+
+@_reg_fake("correlation")
+def _(fs, ft, normalize=True, relu=True, eps=1e-6):
+    torch._check(fs.dim() == 4 and ft.dim() == 4, lambda: "scc: `fs`, `ft` must have shape (B, C, h, w)")
+    return fs.new_empty((fs.shape[0], fs.shape[2], fs.shape[3], ft.shape[2], ft.shape[3]))
+
+
+@_reg_fake("correlation_backward")
+def _(grad, fs, ft, normalize, relu, eps):
+    return torch.empty_like(fs), torch.empty_like(ft)
+
+
+@_reg_fake("mutual_nn")
+def _(corr, eps=1e-5):
+    return torch.empty_like(corr, memory_format=torch.contiguous_format)
+
+
+@_reg_fake("mutual_nn_backward")
+def _(grad, corr, eps):
+    return torch.empty_like(corr, memory_format=torch.contiguous_format)
+
+
+@_reg_fake("conv4d")
+def _(x, weight, bias=None):
+    torch._check(x.dim() == 6 and weight.dim() == 6, lambda: "scc: conv4d needs 6-D `x` and `weight`")
+    return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:]))
+
+
+@_reg_fake("conv4d_backward")
+def _(grad, x, weight, bias_defined):
+    gb = x.new_empty((weight.shape[0],) if bias_defined else (0,))
+    return torch.empty_like(x), torch.empty_like(weight), gb
+
+
+@_reg_fake("masked_vote")
+def _(corr, mask_s, mask_t, mode="local", radius=2, sigma=1.0, eps=1e-6):
+    return torch.empty_like(corr, memory_format=torch.contiguous_format)
+
+
+@_reg_fake("masked_vote_backward")
+def _(grad, corr, mask_s, mask_t, mode, radius, sigma, eps):
+    return torch.empty_like(corr), torch.empty_like(mask_s), torch.empty_like(mask_t)
+
+
+@_reg_fake("calibrate")
+def _(corr, g, lam, tau, bin_logit, eps=1e-6):
+    b, ns, nt = corr.shape[0], _ns(corr), _nt(corr)
+    return corr.new_empty((b, ns, nt)), corr.new_empty((b, ns))
+
+
+@_reg_fake("calibrate_backward")
+def _(grad_P, grad_unmatched, P, P_unmatched, corr, g, lam, tau, eps):
+    return torch.empty_like(corr), torch.empty_like(g), corr.new_empty(())
+
+
+@_reg_fake("soft_argmax")
+def _(P, ht, wt, window=-1, beta=1.0):
+    lead = P.shape[:3] if P.dim() == 5 else P.shape[:2]
+    return P.new_empty((*lead, 2)), P.new_empty(lead)
+
+
+@_reg_fake("soft_argmax_backward")
+def _(grad_flow, grad_conf, P, flow, ht, wt, window, beta):
+    return torch.empty_like(P, memory_format=torch.contiguous_format)
+
+
+@_reg_fake("fused_match")
+def _(fs, ft, tau, window=-1):
+    b, hs, ws = fs.shape[0], fs.shape[2], fs.shape[3]
+    dt = _wide(fs.dtype)
+    return (
+        fs.new_empty((b, hs, ws, 2), dtype=dt),
+        fs.new_empty((b, hs, ws), dtype=dt),
+        fs.new_empty((b, hs, ws), dtype=torch.int64),
+        fs.new_empty((b, hs * ws), dtype=dt),
+    )
+
+
+@_reg_fake("fused_match_backward")
+def _(grad_flow, grad_conf, fs, ft, tau, window, flow, argmax, lse):
+    return torch.empty_like(fs), torch.empty_like(ft)
+
+
+# ---- autograd -----------------------------------------------------------------------------------
+
+
+def _correlation_setup(ctx, inputs, output):
+    fs, ft, normalize, relu, eps = inputs
+    ctx.save_for_backward(fs, ft)
+    ctx.args = (normalize, relu, eps)
+
+
+def _correlation_backward(ctx, grad):
+    fs, ft = ctx.saved_tensors
+    gfs, gft = ops.correlation_backward(grad, fs, ft, *ctx.args)
+    return gfs, gft, None, None, None
+
+
+def _mutual_setup(ctx, inputs, output):
+    corr, eps = inputs
+    ctx.save_for_backward(corr)
+    ctx.eps = eps
+
+
+def _mutual_backward(ctx, grad):
+    (corr,) = ctx.saved_tensors
+    return ops.mutual_nn_backward(grad, corr, ctx.eps), None
+
+
+def _conv4d_setup(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _conv4d_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    gx, gw, gb = ops.conv4d_backward(grad, x, weight, ctx.has_bias)
+    return gx, gw, gb if ctx.has_bias else None
+
+
+def _vote_setup(ctx, inputs, output):
+    corr, mask_s, mask_t, mode, radius, sigma, eps = inputs
+    ctx.save_for_backward(corr, mask_s, mask_t)
+    ctx.args = (mode, radius, sigma, eps)
+
+
+def _vote_backward(ctx, grad):
+    corr, mask_s, mask_t = ctx.saved_tensors
+    gc, gs, gt = ops.masked_vote_backward(grad, corr, mask_s, mask_t, *ctx.args)
+    return gc, gs, gt, None, None, None, None
+
+
+def _calibrate_setup(ctx, inputs, output):
+    corr, g, lam, tau, bin_logit, eps = inputs
+    P, Pu = output
+    ctx.save_for_backward(P, Pu, corr, g)
+    ctx.args = (lam, tau, eps)
+    ctx.bin_shape = bin_logit.shape
+
+
+def _calibrate_backward(ctx, grad_P, grad_u):
+    P, Pu, corr, g = ctx.saved_tensors
+    grad_P = torch.zeros_like(P) if grad_P is None else grad_P
+    grad_u = torch.zeros_like(Pu) if grad_u is None else grad_u
+    gc, gg, gb = ops.calibrate_backward(grad_P, grad_u, P, Pu, corr, g, *ctx.args)
+    return gc, gg, None, None, gb.reshape(ctx.bin_shape), None
+
+
+def _soft_argmax_setup(ctx, inputs, output):
+    P, ht, wt, window, beta = inputs
+    flow, _ = output
+    ctx.save_for_backward(P, flow)
+    ctx.args = (ht, wt, window, beta)
+
+
+def _soft_argmax_backward(ctx, grad_flow, grad_conf):
+    P, flow = ctx.saved_tensors
+    grad_flow = torch.zeros_like(flow) if grad_flow is None else grad_flow
+    grad_conf = flow.new_zeros(flow.shape[:-1]) if grad_conf is None else grad_conf
+    return ops.soft_argmax_backward(grad_flow, grad_conf, P, flow, *ctx.args), None, None, None, None
+
+
+def _fused_setup(ctx, inputs, output):
+    fs, ft, tau, window = inputs
+    flow, conf, argmax, lse = output
+    ctx.save_for_backward(fs, ft, flow, argmax, lse)
+    ctx.mark_non_differentiable(argmax, lse)
+    ctx.args = (tau, window)
+
+
+def _fused_backward(ctx, grad_flow, grad_conf, _grad_arg, _grad_lse):
+    fs, ft, flow, argmax, lse = ctx.saved_tensors
+    grad_flow = torch.zeros_like(flow) if grad_flow is None else grad_flow
+    grad_conf = flow.new_zeros(flow.shape[:-1]) if grad_conf is None else grad_conf
+    tau, window = ctx.args
+    gfs, gft = ops.fused_match_backward(grad_flow, grad_conf, fs, ft, tau, window, flow, argmax, lse)
+    return gfs, gft, None, None
+
+
+for _name, _bw, _setup in [
+    ("correlation", _correlation_backward, _correlation_setup),
+    ("mutual_nn", _mutual_backward, _mutual_setup),
+    ("conv4d", _conv4d_backward, _conv4d_setup),
+    ("masked_vote", _vote_backward, _vote_setup),
+    ("calibrate", _calibrate_backward, _calibrate_setup),
+    ("soft_argmax", _soft_argmax_backward, _soft_argmax_setup),
+    ("fused_match", _fused_backward, _fused_setup),
+]:
+    torch.library.register_autograd(_lib + _name, _bw, setup_context=_setup)

@@ -1,0 +1,115 @@
+"""The friendly Python API over torch.ops.scc.* (docstrings name the axes)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ops = torch.ops.scc
+
+
+def _tensor(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"scc: `{name}` must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def correlation(
+    fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, relu: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """4D correlation volume C_ij = relu(<fs_i, ft_j> / (|fs_i| |ft_j| + eps)).
+
+    fs: (B, C, hs, ws), ft: (B, C, ht, wt) -> corr: (B, hs, ws, ht, wt), in the input dtype
+    (fp32 accumulation; float64 inputs stay float64).
+    """
+    return ops.correlation(_tensor(fs, "fs"), _tensor(ft, "ft"), normalize, relu, eps)
+
+
+def mutual_nn(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """NC-Net mutual filtering C * (C / max_i C) * (C / max_j C).
+
+    corr: (B, hs, ws, ht, wt) or (B, Ns, Nt) -> same shape and dtype.
+    """
+    return ops.mutual_nn(_tensor(corr, "corr"), eps)
+
+
+def conv4d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """4D convolution with zero padding k//2 on all four axes, stride 1 (k odd).
+
+    x: (B, Cin, hs, ws, ht, wt), weight: (Cout, Cin, k, k, k, k), bias: (Cout,) or None
+    -> (B, Cout, hs, ws, ht, wt).
+    """
+    return ops.conv4d(_tensor(x, "x"), _tensor(weight, "weight"), bias)
+
+
+def masked_vote(
+    corr: torch.Tensor,
+    mask_s: torch.Tensor | None = None,
+    mask_t: torch.Tensor | None = None,
+    mode: str = "local",
+    radius: int = 2,
+    sigma: float = 1.0,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Masked correspondence voting (METHOD.md, stage 3.4), normalised by its per-item maximum.
+
+    corr: (B, hs, ws, ht, wt), mask_s: (B, hs, ws), mask_t: (B, ht, wt) (None: all ones)
+    -> g: (B, hs, ws, ht, wt). ``mode``: "local" (offset consensus of neighbouring source cells
+    within ``radius``) or "global" (Hough voting of offsets); Gaussian spreading ``sigma``.
+    """
+    corr = _tensor(corr, "corr")
+    if corr.dim() != 5:
+        raise ValueError(f"scc: `corr` must have shape (B, hs, ws, ht, wt), got {tuple(corr.shape)}")
+    b, hs, ws, ht, wt = corr.shape
+    if mask_s is None:
+        mask_s = corr.new_ones((b, hs, ws))
+    if mask_t is None:
+        mask_t = corr.new_ones((b, ht, wt))
+    return ops.masked_vote(corr, mask_s, mask_t, mode, radius, sigma, eps)
+
+
+def calibrate(
+    corr: torch.Tensor,
+    g: torch.Tensor,
+    lam: float = 1.0,
+    tau: float = 0.05,
+    bin_logit: torch.Tensor | float | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibrated match probabilities with a "no match" bin.
+
+    corr, g: (B, hs, ws, ht, wt) or (B, Ns, Nt) -> P: (B, Ns, Nt), P_unmatched: (B, Ns).
+    P = softmax over j and the bin of ((log(corr + eps) + lam log(g + eps)) / tau, bin_logit).
+    ``bin_logit``: a learnable 0-dim tensor, a float, or None for no bin (P_unmatched = 0).
+    """
+    corr = _tensor(corr, "corr")
+    if bin_logit is None:
+        bin_logit = -math.inf
+    if not isinstance(bin_logit, torch.Tensor):
+        bin_logit = torch.tensor(float(bin_logit), dtype=corr.dtype, device=corr.device)
+    return ops.calibrate(corr, _tensor(g, "g"), lam, tau, bin_logit, eps)
+
+
+def soft_argmax(
+    P: torch.Tensor, ht: int, wt: int, window: int = -1, beta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windowed soft-argmax: flow in target grid cells (col, row) and confidence P at the argmax.
+
+    P: (B, Ns, Nt) -> flow: (B, Ns, 2), conf: (B, Ns); P: (B, hs, ws, ht, wt) -> (B, hs, ws, 2), (B, hs, ws).
+    ``window``: half-size of the window around the argmax (-1: all cells).
+    """
+    return ops.soft_argmax(_tensor(P, "P"), ht, wt, window, beta)
+
+
+def fused_match(
+    fs: torch.Tensor, ft: torch.Tensor, tau: float = 0.05, window: int = -1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """soft_argmax(softmax_j(correlation(fs, ft) / tau)) without materialising the Ns x Nt volume.
+
+    fs: (B, C, hs, ws), ft: (B, C, ht, wt) -> flow: (B, hs, ws, 2) (col, row in target cells),
+    conf: (B, hs, ws), argmax: (B, hs, ws) int64 (flat target index). flow and conf are float32
+    (float64 for float64 inputs). Differentiable in fs and ft (backward by recomputation).
+    """
+    flow, conf, arg, _lse = ops.fused_match(_tensor(fs, "fs"), _tensor(ft, "ft"), tau, window)
+    return flow, conf, arg

@@ -1,0 +1,286 @@
+"""CUDA kernels (torch.ops.scc.*, csrc/cuda/*.cu) against the float64 reference (scc_kernels.reference).
+
+Every case draws float64 inputs, rounds them to the dtype under test, and compares
+  - the CUDA op (forward, and the *_backward op called directly) on those rounded inputs, with
+  - the reference evaluated in float64 on the same rounded inputs (the truth; gradients by autograd).
+float64 must match to ~1e-12 relative. For float32, float16 and bfloat16 the CUDA op's max error against the
+truth must be at most twice the error of the same reference computation run by PyTorch on the GPU in that
+dtype (plus a few ulps of the result's scale, for cases where PyTorch happens to be exact).
+Ops whose gradient follows an argmax (mutual_nn, masked_vote, soft_argmax) take their truth on the CPU,
+where torch.max(dim) returns the first index attaining the maximum, as the kernels do.
+SCC_POISON=1 makes every output start as NaN, so an element a kernel forgets to write fails the test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("SCC_POISON", "1")  # read once, when the extension first allocates an output
+
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device: the CUDA kernels cannot run here", allow_module_level=True)
+
+import scc_kernels  # noqa: E402,F401  (loads the extension and registers torch.ops.scc.*)
+from scc_kernels import reference as ref  # noqa: E402
+
+OPS = torch.ops.scc
+DEV = torch.device("cuda")
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+DT_IDS = ["f64", "f32", "f16", "bf16"]
+B_SIZES = [1, 3]
+SRC, TRG = (3, 5), (7, 4)  # odd, unequal source and target grids
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _round(t: torch.Tensor, dtype) -> torch.Tensor:
+    """float64 CPU tensor -> the dtype under test (rounded) and back to float64: the truth's input."""
+    return t.to(dtype).double()
+
+
+def _run(fn, inputs, grad_outs, diff, dtype, device):
+    """fn(*inputs) in `dtype` on `device`; returns (outputs, grads w.r.t. inputs[i] for i in diff)."""
+    ins = []
+    for k, t in enumerate(inputs):
+        t = t.detach().to(device=device, dtype=dtype)
+        ins.append(t.requires_grad_(k in diff))
+    outs = fn(*ins)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    gos = [g.to(device=device, dtype=dtype) for g in grad_outs]
+    used = [(o, g) for o, g in zip(outs, gos) if o.requires_grad]
+    grads = torch.autograd.grad([o for o, _ in used], [ins[k] for k in diff], [g for _, g in used], allow_unused=True)
+    grads = tuple(torch.zeros_like(ins[k]) if g is None else g for k, g in zip(diff, grads))
+    return tuple(o.detach() for o in outs), grads
+
+
+def _check(name, got, truth, low, dtype):
+    """got: CUDA result; truth: float64 reference; low: reference in `dtype` (None for float64)."""
+    assert got.shape == truth.shape, f"{name}: shape {tuple(got.shape)} != {tuple(truth.shape)}"
+    got64, truth64 = got.detach().double().cpu(), truth.detach().double().cpu()
+    assert torch.isfinite(got64).all() == torch.isfinite(truth64).all(), f"{name}: non-finite values"
+    scale = truth64.abs().max().item() if truth64.numel() else 0.0
+    err = (got64 - truth64).abs().max().item() if truth64.numel() else 0.0
+    if dtype == torch.float64:
+        bound = 1e-12 * max(scale, 1.0)
+    else:
+        low_err = (low.detach().double().cpu() - truth64).abs().max().item()
+        bound = 2 * low_err + 4 * torch.finfo(dtype).eps * scale
+    assert err <= bound, f"{name} ({dtype}): max error {err:.3e} > bound {bound:.3e} (scale {scale:.3e})"
+
+
+def _compare(fn, cuda_fwd, cuda_bwd, inputs, grad_outs, diff, dtype, truth_device, names):
+    """Checks the CUDA forward outputs and backward gradients against the reference."""
+    inputs = [_round(t, dtype) for t in inputs]
+    grad_outs = [_round(g, dtype) for g in grad_outs]
+    t_out, t_grad = _run(fn, inputs, grad_outs, diff, torch.float64, truth_device)
+    low_out, low_grad = (None,) * len(t_out), (None,) * len(t_grad)
+    if dtype != torch.float64:
+        low_out, low_grad = _run(fn, inputs, grad_outs, diff, dtype, DEV)
+    cuda_in = [t.to(DEV, dtype) for t in inputs]
+    outs = cuda_fwd(*cuda_in)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    for k, (o, t, lo) in enumerate(zip(outs, t_out, low_out)):
+        assert o.dtype == dtype and o.device.type == "cuda"
+        _check(f"{names[0]}[{k}]", o, t, lo, dtype)
+    grads = cuda_bwd(cuda_in, outs, [g.to(DEV, dtype) for g in grad_outs])
+    for k, (gr, t, lo) in enumerate(zip(grads, t_grad, low_grad)):
+        assert gr.dtype == dtype
+        _check(f"{names[1]}[{k}]", gr, t, lo, dtype)
+
+
+# ---- mutual_nn --------------------------------------------------------------------------------
+
+MNN_SHAPES = {
+    "5d": (SRC, TRG),  # Nt = 28: vectorised path
+    "5d_odd": (SRC, (5, 3)),  # Nt = 15: scalar path
+    "flat_big": ((70,), (37,)),  # several column chunks (32 rows each), flat (B, Ns, Nt)
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("b", B_SIZES)
+@pytest.mark.parametrize("shape", list(MNN_SHAPES))
+@pytest.mark.parametrize("signed", [False, True], ids=["pos", "signed"])
+def test_mutual_nn(dtype, b, shape, signed):
+    src, trg = MNN_SHAPES[shape]
+    g = _gen(1)
+    size = (b, *src, *trg)
+    corr = torch.randn(size, generator=g, dtype=torch.float64)
+    corr = corr if signed else corr.abs()
+    grad = torch.randn(size, generator=g, dtype=torch.float64)
+    eps = 1e-5
+    _compare(
+        lambda c: ref.mutual_nn(c, eps),
+        lambda c: OPS.mutual_nn(c, eps),
+        lambda ins, outs, gos: (OPS.mutual_nn_backward(gos[0], ins[0], eps),),
+        [corr], [grad], [0], dtype, "cpu", ("mutual_nn", "mutual_nn_backward"),
+    )
+
+
+def test_mutual_nn_noncontiguous():
+    g = _gen(2)
+    base = torch.rand(2, 7, 4, 3, 5, generator=g, dtype=torch.float64)
+    corr = base.permute(0, 3, 4, 1, 2)  # (B, hs=3, ws=5, ht=7, wt=4), not contiguous
+    out = OPS.mutual_nn(corr.to(DEV), 1e-5)
+    torch.testing.assert_close(out.cpu(), ref.mutual_nn(corr, 1e-5), rtol=1e-12, atol=1e-14)
+
+
+# ---- masked_vote ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("b", B_SIZES)
+@pytest.mark.parametrize("mode", ["local", "global"])
+@pytest.mark.parametrize("radius,sigma", [(2, 1.0), (1, 0.6)])
+def test_masked_vote(dtype, b, mode, radius, sigma):
+    g = _gen(3)
+    corr = torch.rand(b, *SRC, *TRG, generator=g, dtype=torch.float64)
+    ms = torch.rand(b, *SRC, generator=g, dtype=torch.float64)
+    mt = torch.rand(b, *TRG, generator=g, dtype=torch.float64)
+    ms[:, 0, 1] = 0  # masked-out cells
+    mt[:, 2, :] = 0
+    grad = torch.randn(b, *SRC, *TRG, generator=g, dtype=torch.float64)
+    eps = 1e-6
+    _compare(
+        lambda c, s, t: ref.masked_vote(c, s, t, mode, radius, sigma, eps),
+        lambda c, s, t: OPS.masked_vote(c, s, t, mode, radius, sigma, eps),
+        lambda ins, outs, gos: OPS.masked_vote_backward(gos[0], *ins, mode, radius, sigma, eps),
+        [corr, ms, mt], [grad], [0, 1, 2], dtype, "cpu", ("masked_vote", "masked_vote_backward"),
+    )
+
+
+# ---- calibrate --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("b", B_SIZES)
+@pytest.mark.parametrize("flat", [False, True], ids=["5d", "flat"])
+@pytest.mark.parametrize("bin_logit", [0.3, -math.inf], ids=["bin", "nobin"])
+def test_calibrate(dtype, b, flat, bin_logit):
+    g = _gen(4)
+    size = (b, SRC[0] * SRC[1], TRG[0] * TRG[1]) if flat else (b, *SRC, *TRG)
+    corr = torch.rand(size, generator=g, dtype=torch.float64)
+    gg = torch.rand(size, generator=g, dtype=torch.float64)
+    ns, nt = SRC[0] * SRC[1], TRG[0] * TRG[1]
+    grad_p = torch.randn(b, ns, nt, generator=g, dtype=torch.float64)
+    grad_u = torch.randn(b, ns, generator=g, dtype=torch.float64)
+    z = torch.tensor(bin_logit, dtype=torch.float64)
+    lam, tau, eps = 0.5, 0.3, 1e-6
+    diff = [0, 1, 2] if math.isfinite(bin_logit) else [0, 1]
+
+    def bwd(ins, outs, gos):
+        gc, g_g, gb = OPS.calibrate_backward(gos[0], gos[1], outs[0], outs[1], ins[0], ins[1], lam, tau, eps)
+        assert gb.dim() == 0
+        if not math.isfinite(bin_logit):
+            assert gb.item() == 0 and torch.all(outs[1] == 0)
+            return gc, g_g
+        return gc, g_g, gb
+
+    _compare(
+        lambda c, q, zz: ref.calibrate(c, q, lam, tau, zz, eps),
+        lambda c, q, zz: OPS.calibrate(c, q, lam, tau, zz, eps),
+        bwd, [corr, gg, z], [grad_p, grad_u], diff, dtype, DEV, ("calibrate", "calibrate_backward"),
+    )
+
+
+def test_calibrate_long_rows():
+    # Rows longer than a warp's vector loop (4 x 32) and a non-multiple of 4.
+    g = _gen(5)
+    corr = torch.rand(2, 9, 1001, generator=g, dtype=torch.float64)
+    gg = torch.rand(2, 9, 1001, generator=g, dtype=torch.float64)
+    z = torch.tensor(-1.0, dtype=torch.float64)
+    p, pu = OPS.calibrate(corr.to(DEV), gg.to(DEV), 1.0, 0.1, z.to(DEV), 1e-6)
+    rp, rpu = ref.calibrate(corr, gg, 1.0, 0.1, z, 1e-6)
+    torch.testing.assert_close(p.cpu(), rp, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(pu.cpu(), rpu, rtol=1e-10, atol=1e-14)
+
+
+# ---- soft_argmax ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("b", B_SIZES)
+@pytest.mark.parametrize("window", [-1, 0, 2])
+@pytest.mark.parametrize("flat", [False, True], ids=["5d", "flat"])
+@pytest.mark.parametrize("beta", [1.0, 2.0])
+def test_soft_argmax(dtype, b, window, flat, beta):
+    g = _gen(6)
+    ht, wt = TRG
+    ns, nt = SRC[0] * SRC[1], ht * wt
+    p = torch.softmax(3 * torch.randn(b, ns, nt, generator=g, dtype=torch.float64), dim=-1)
+    lead = (b, ns) if flat else (b, *SRC)
+    p = p.reshape(*lead, *((nt,) if flat else TRG))
+    grad_flow = torch.randn(*lead, 2, generator=g, dtype=torch.float64)
+    grad_conf = torch.randn(*lead, generator=g, dtype=torch.float64)
+    _compare(
+        lambda q: ref.soft_argmax(q, ht, wt, window, beta),
+        lambda q: OPS.soft_argmax(q, ht, wt, window, beta),
+        lambda ins, outs, gos: (OPS.soft_argmax_backward(gos[0], gos[1], ins[0], outs[0], ht, wt, window, beta),),
+        [p], [grad_flow, grad_conf], [0], dtype, "cpu", ("soft_argmax", "soft_argmax_backward"),
+    )
+
+
+# ---- conv4d -----------------------------------------------------------------------------------
+
+def _conv_case(dtype, b, cin, cout, k, bias, src=SRC, trg=TRG):
+    g = _gen(7)
+    x = torch.randn(b, cin, *src, *trg, generator=g, dtype=torch.float64)
+    w = torch.randn(cout, cin, k, k, k, k, generator=g, dtype=torch.float64) / math.sqrt(cin * k**4)
+    bvec = torch.randn(cout, generator=g, dtype=torch.float64)
+    grad = torch.randn(b, cout, *src, *trg, generator=g, dtype=torch.float64)
+    if bias:
+        fn = ref.conv4d
+        fwd = lambda xx, ww, bb: OPS.conv4d(xx, ww, bb)  # noqa: E731
+        inputs, diff = [x, w, bvec], [0, 1, 2]
+    else:
+        fn = lambda xx, ww: ref.conv4d(xx, ww, None)  # noqa: E731
+        fwd = lambda xx, ww: OPS.conv4d(xx, ww, None)  # noqa: E731
+        inputs, diff = [x, w], [0, 1]
+
+    def bwd(ins, outs, gos):
+        gx, gw, gb = OPS.conv4d_backward(gos[0], ins[0], ins[1], bias)
+        if bias:
+            return gx, gw, gb
+        assert gb.numel() == 0
+        return gx, gw
+
+    _compare(fn, fwd, bwd, inputs, [grad], diff, dtype, DEV, ("conv4d", "conv4d_backward"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("b", B_SIZES)
+@pytest.mark.parametrize("cin,cout", [(1, 1), (2, 3), (3, 16), (1, 16), (16, 1), (3, 18)])
+@pytest.mark.parametrize("k", [3, 5])
+def test_conv4d(dtype, b, cin, cout, k):
+    _conv_case(dtype, b, cin, cout, k, bias=(cout != 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv4d_large_plane(dtype, bias):
+    # Target plane larger than one tile (forward: 16 x 32 outputs, grad_weight: 8 x 32 positions).
+    _conv_case(dtype, 2, 2, 5, 3, bias, src=(3, 4), trg=(21, 37))
+
+
+def test_conv4d_k7():
+    _conv_case(torch.float64, 1, 2, 2, 7, True, src=(3, 5), trg=(7, 9))
+
+
+# ---- argument checks ------------------------------------------------------------------------
+
+def test_argument_errors():
+    c = torch.rand(2, 3, 4, device=DEV)
+    with pytest.raises(ValueError, match="corr"):
+        OPS.mutual_nn(torch.rand(2, 3, 4, 5, device=DEV), 1e-5)
+    with pytest.raises(ValueError, match="mode"):
+        OPS.masked_vote(torch.rand(1, 2, 2, 2, 2, device=DEV), torch.rand(1, 2, 2, device=DEV),
+                        torch.rand(1, 2, 2, device=DEV), "diagonal", 1, 1.0, 1e-6)
+    with pytest.raises(ValueError, match="g"):
+        OPS.calibrate(c, torch.rand(2, 3, 5, device=DEV), 1.0, 0.1, torch.tensor(0.0, device=DEV), 1e-6)
+    with pytest.raises(ValueError, match="wt"):
+        OPS.soft_argmax(c, 2, 3, -1, 1.0)
+    with pytest.raises(ValueError, match="weight"):
+        OPS.conv4d(torch.rand(1, 2, 3, 3, 3, 3, device=DEV), torch.rand(1, 3, 3, 3, 3, 3, device=DEV), None)

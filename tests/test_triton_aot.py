@@ -1,0 +1,141 @@
+"""Ahead-of-time compilation of every shipped Triton kernel config for sm_90 (H100), without a GPU.
+
+Runs in a separate process (with TRITON_INTERPRET unset, so the kernels are real JIT functions) that
+compiles each kernel for each dtype and constexpr variant, and reports registers, spills (local memory /
+stack in the cubin, read with the cuobjdump that ships with Triton) and shared memory. Fails on any spill
+or on shared memory above the H100's 227 KB per block. Run as a script to print the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+SMEM_LIMIT = 227 * 1024
+DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+# Integer and float scalar arguments of the kernels; every other non-constexpr argument is a pointer.
+FLOAT_ARGS = {"eps", "scale", "inv_tau"}
+
+
+def _stub_package():
+    """Makes `scc_kernels` importable without running its __init__ (which loads the compiled C++ extension
+    and registers the ops): the Triton kernels need neither, and a broken C++ build must not hide them."""
+    import types
+
+    pkg = types.ModuleType("scc_kernels")
+    pkg.__path__ = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scc_kernels")]
+    sys.modules["scc_kernels"] = pkg
+
+
+def _variants():
+    """(name, kernel, config, flag constexprs, pointer dtypes) for every kernel, dtype and flag setting."""
+    import torch
+
+    from scc_kernels.triton import correlation as corr
+    from scc_kernels.triton import fused_match as fm
+
+    def ptr_types(dt):
+        # Feature tensors and their gradients / the correlation output use the input dtype.
+        return {"fs_ptr": dt, "ft_ptr": dt, "out_ptr": dt, "grad_ptr": dt, "gfs_ptr": dt, "gft_ptr": dt,
+                "arg_ptr": "i64"}
+
+    out = []
+    for tdt in (torch.float32, torch.float16, torch.bfloat16):
+        dt = DTYPES[str(tdt).split(".")[1]]
+        for flags in ({"NORMALIZE": n, "RELU": r} for n in (True, False) for r in (True, False)):
+            out.append(("corr_fwd", corr._corr_fwd_kernel, corr.FWD_CONFIGS[tdt], flags, ptr_types(dt)))
+            out.append(("corr_bwd", corr._corr_bwd_kernel, corr.BWD_CONFIGS[tdt], flags, ptr_types(dt)))
+        for windowed in (False, True):
+            flags = {"WINDOWED": windowed}
+            out.append(("match_fwd", fm._fused_match_fwd_kernel, fm.FWD_CONFIGS[tdt], flags, ptr_types(dt)))
+            for name, k in (("match_rowstats", fm._row_stats_kernel), ("match_grad_fs", fm._grad_fs_kernel),
+                            ("match_grad_ft", fm._grad_ft_kernel)):
+                out.append((name, k, fm.BWD_CONFIGS[tdt], flags, ptr_types(dt)))
+    return out
+
+
+def _res_usage(cubin: bytes) -> dict:
+    import tempfile
+
+    import triton
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-res-usage", f.name], check=True,
+                              capture_output=True, text=True).stdout
+    fields = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", text))
+    return {k.lower(): int(v) for k, v in fields.items()}
+
+
+def compile_all() -> list[dict]:
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    target = GPUTarget("cuda", 90, 32)
+    results = []
+    for name, kernel, cfg, flags, ptrs in _variants():
+        constexprs = {k: v for k, v in cfg.items() if k in kernel.arg_names}
+        constexprs.update(flags)
+        signature, attrs = {}, {}
+        for i, arg in enumerate(kernel.arg_names):
+            if arg in constexprs:
+                signature[arg] = "constexpr"
+            elif arg.endswith("_ptr"):
+                signature[arg] = "*" + ptrs.get(arg, "fp32")
+                attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+            else:
+                signature[arg] = "fp32" if arg in FLOAT_ARGS else "i32"
+        src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+        compiled = triton.compile(src, target=target,
+                                  options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+        usage = _res_usage(compiled.asm["cubin"])
+        results.append({
+            "kernel": name, "dtype": ptrs["fs_ptr"], "flags": flags,
+            "blocks": {k: v for k, v in constexprs.items() if k.startswith("BLOCK")},
+            "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "regs": usage["reg"], "spill": usage["local"] + usage["stack"], "shared": compiled.metadata.shared,
+        })
+    return results
+
+
+@pytest.fixture(scope="module")
+def aot_results():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_aot_compiles_every_kernel(aot_results):
+    names = {r["kernel"] for r in aot_results}
+    assert names == {"corr_fwd", "corr_bwd", "match_fwd", "match_rowstats", "match_grad_fs", "match_grad_ft"}
+    assert {r["dtype"] for r in aot_results} == set(DTYPES.values())
+
+
+def test_aot_no_spills(aot_results):
+    bad = [r for r in aot_results if r["spill"] > 0]
+    assert not bad, bad
+
+
+def test_aot_shared_memory(aot_results):
+    bad = [r for r in aot_results if r["shared"] > SMEM_LIMIT]
+    assert not bad, bad
+
+
+if __name__ == "__main__":
+    _stub_package()
+    res = compile_all()
+    if "--json" in sys.argv:
+        print(json.dumps(res))
+    else:
+        for r in res:
+            print(f"{r['kernel']:15s} {r['dtype']:5s} {str(r['flags']):36s} {r['blocks']} w{r['num_warps']} "
+                  f"s{r['num_stages']}: regs {r['regs']}, spill {r['spill']} B, shared {r['shared']} B")

@@ -1,0 +1,159 @@
+"""Triton kernels under the CPU interpreter (TRITON_INTERPRET=1) against the float64 reference.
+
+TRITON_INTERPRET must be set before the kernels are defined, and would turn every later Triton kernel of
+the session into an interpreted one, so the checks run in a child process: this file run as a script
+computes every case and prints the errors as JSON; the tests here only compare them with tolerances.
+Tiny shapes with blocks smaller than the grids (two or more tiles along M, N, K and C, partial edge tiles).
+bf16 is not checked: the interpreter computes it wrongly (silently).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORR_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4)
+MATCH_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4)
+MATCH_BWD_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4, BLOCK_C=8)
+# (B, C, source hw, target hw)
+SHAPES = [(1, 5, (3, 5), (7, 4)), (2, 12, (3, 5), (5, 6))]
+CORR_CASES = [(dt, s, norm, relu) for dt in ("float32", "float16") for s in range(len(SHAPES))
+              for norm in (True, False) for relu in (True, False) if dt == "float32" or relu]
+MATCH_CASES = [(dt, s, window) for dt in ("float32", "float16") for s in range(len(SHAPES)) for window in (-1, 0, 1)]
+# Relative errors (max |err| / max |ref|); flow in cells. fp16 is compared with the reference evaluated
+# on the fp16-rounded inputs, so only the kernels' own rounding (fp16 outputs / dot operands) is measured.
+TOL = {"float32": 1e-5, "float16": 3e-3}
+FLOW_TOL = {"float32": 1e-4, "float16": 1e-4}
+
+
+def _case_id(case) -> str:
+    return "-".join(str(x) for x in case)
+
+
+def _rel(x, ref) -> float:
+    return ((x.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+
+
+def _inputs(dt, s, seed, zero_rows):
+    import torch
+
+    b, c, (hs, ws), (ht, wt) = SHAPES[s]
+    g = torch.Generator().manual_seed(seed)
+    fs = torch.randn(b, c, hs, ws, generator=g).to(getattr(torch, dt))
+    ft = torch.randn(b, c, ht, wt, generator=g).to(getattr(torch, dt))
+    if zero_rows:  # zero feature vectors: the norm terms must drop out
+        fs[0, :, 1, 2] = 0
+        ft[-1, :, 2, 1] = 0
+    return fs, ft
+
+
+def _run_correlation(case) -> dict:
+    import torch
+
+    from scc_kernels import reference
+    from scc_kernels.triton.correlation import correlation_bwd, correlation_fwd
+
+    dt, s, norm, relu = case
+    fs, ft = _inputs(dt, s, seed=s, zero_rows=dt == "float32")
+    fsd, ftd = fs.double().requires_grad_(), ft.double().requires_grad_()
+    ref = reference.correlation(fsd, ftd, norm, relu)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+    ref_gfs, ref_gft = torch.autograd.grad(ref, (fsd, ftd), grad)
+    out = correlation_fwd(fs, ft, norm, relu, 1e-6, **CORR_BLOCKS)
+    gfs, gft = correlation_bwd(grad.to(fs.dtype), fs, ft, norm, relu, 1e-6, **CORR_BLOCKS)
+    assert out.dtype == fs.dtype and out.shape == ref.shape and gfs.dtype == fs.dtype and gft.shape == ft.shape
+    return {"out": _rel(out, ref), "grad_fs": _rel(gfs, ref_gfs), "grad_ft": _rel(gft, ref_gft)}
+
+
+def _run_match(case) -> dict:
+    import torch
+
+    from scc_kernels import reference
+    from scc_kernels.triton.fused_match import fused_match_bwd, fused_match_fwd
+
+    dt, s, window = case
+    tau = 0.1
+    fs, ft = _inputs(dt, s, seed=100 + 3 * s + window, zero_rows=False)
+    fsd, ftd = fs.double().requires_grad_(), ft.double().requires_grad_()
+    ref_flow, ref_conf, ref_arg = reference.fused_match(fsd, ftd, tau, window)
+    corr = reference.correlation(fsd, ftd).flatten(1, 2).flatten(2)
+    ref_lse = torch.logsumexp(corr / tau, dim=2)
+    gen = torch.Generator().manual_seed(7 + s)
+    gflow = torch.randn(ref_flow.shape, dtype=torch.float64, generator=gen)
+    gconf = torch.randn(ref_conf.shape, dtype=torch.float64, generator=gen)
+    ref_gfs, ref_gft = torch.autograd.grad((ref_flow * gflow).sum() + (ref_conf * gconf).sum(), (fsd, ftd),
+                                     retain_graph=True)
+    # conf-only gradient, with grad_flow = None
+    ref_c_gfs, ref_c_gft = torch.autograd.grad((ref_conf * gconf).sum(), (fsd, ftd))
+
+    flow, conf, arg, lse = fused_match_fwd(fs, ft, tau, window, **MATCH_BLOCKS)
+    gfs, gft = fused_match_bwd(gflow.float(), gconf.float(), fs, ft, tau, window, arg, lse, **MATCH_BWD_BLOCKS)
+    c_gfs, c_gft = fused_match_bwd(None, gconf.float(), fs, ft, tau, window, arg, lse, **MATCH_BWD_BLOCKS)
+    assert flow.dtype == conf.dtype == lse.dtype == torch.float32 and arg.dtype == torch.int64
+    assert gfs.dtype == fs.dtype and gft.shape == ft.shape
+    return {
+        "flow_abs": (flow.double() - ref_flow).abs().max().item(),
+        "conf": _rel(conf, ref_conf),
+        "argmax_mismatch": int((arg != ref_arg).sum()),
+        "lse": _rel(lse, ref_lse),
+        "grad_fs": _rel(gfs, ref_gfs),
+        "grad_ft": _rel(gft, ref_gft),
+        "conf_only_grad_fs": _rel(c_gfs, ref_c_gfs),
+        "conf_only_grad_ft": _rel(c_gft, ref_c_gft),
+    }
+
+
+def _stub_package():
+    """Makes `scc_kernels` importable without running its __init__ (which loads the compiled C++ extension
+    and registers the ops): the Triton kernels need neither, and a broken C++ build must not hide them."""
+    import types
+
+    pkg = types.ModuleType("scc_kernels")
+    pkg.__path__ = [os.path.join(ROOT, "scc_kernels")]
+    sys.modules["scc_kernels"] = pkg
+
+
+def _main():
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    _stub_package()
+    results = {}
+    for case in CORR_CASES:
+        results["corr-" + _case_id(case)] = _run_correlation(case)
+    for case in MATCH_CASES:
+        results["match-" + _case_id(case)] = _run_match(case)
+    print(json.dumps(results))
+
+
+@pytest.fixture(scope="module")
+def results():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", CORR_CASES, ids=_case_id)
+def test_correlation_interpret(results, case):
+    err = results["corr-" + _case_id(case)]
+    tol = TOL[case[0]]
+    assert err["out"] < tol and err["grad_fs"] < tol and err["grad_ft"] < tol, err
+
+
+@pytest.mark.parametrize("case", MATCH_CASES, ids=_case_id)
+def test_fused_match_interpret(results, case):
+    err = results["match-" + _case_id(case)]
+    dt = case[0]
+    assert err["argmax_mismatch"] == 0, err
+    assert err["flow_abs"] < FLOW_TOL[dt], err
+    for key in ("conf", "lse", "grad_fs", "grad_ft", "conf_only_grad_fs", "conf_only_grad_ft"):
+        assert err[key] < TOL[dt], (key, err)
+
+
+if __name__ == "__main__":
+    _main()
