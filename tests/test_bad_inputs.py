@@ -1,0 +1,93 @@
+"""Bad input gives a clear error naming the argument and what was expected."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scc_kernels as K
+from scc_kernels import reference as R
+
+F64 = torch.float64
+
+
+def vol(*shape, dtype=torch.float32):
+    return torch.rand(*shape, dtype=dtype) + 0.05
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: K.correlation(torch.randn(2, 4, 3), torch.randn(2, 4, 3, 3)), r"`fs` must have shape \(B, C, hs, ws\)"),
+        (lambda: K.correlation(torch.randn(2, 4, 3, 3), torch.randn(3, 4, 3, 3)), r"same batch size B, got 2 and 3"),
+        (lambda: K.correlation(torch.randn(2, 4, 3, 3), torch.randn(2, 5, 3, 3)), r"same number of channels C, got 4 and 5"),
+        (lambda: K.correlation(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3, dtype=F64)), r"`fs` and `ft` must have the same dtype"),
+        (lambda: K.correlation(torch.ones(2, 4, 3, 3, dtype=torch.int32), torch.ones(2, 4, 3, 3, dtype=torch.int32)), r"`fs` must be float32, float64"),
+        (lambda: K.correlation(torch.randn(2, 4, 0, 3), torch.randn(2, 4, 3, 3)), r"`fs` must not be empty"),
+        (lambda: K.correlation([1.0], torch.randn(2, 4, 3, 3)), r"`fs` must be a torch.Tensor"),
+        (lambda: K.mutual_nn(torch.rand(2, 3, 4, 5)), r"`corr` must have shape \(B, hs, ws, ht, wt\) or \(B, Ns, Nt\)"),
+        (lambda: K.conv4d(torch.randn(1, 2, 3, 3, 3, 3), torch.randn(4, 3, 3, 3, 3, 3)), r"weight"),
+        (lambda: K.conv4d(torch.randn(1, 2, 3, 3, 3, 3), torch.randn(4, 2, 2, 2, 2, 2)), r"odd"),
+        (lambda: K.conv4d(torch.randn(1, 2, 3, 3, 3), torch.randn(4, 2, 3, 3, 3, 3)), r"`x`"),
+        (lambda: K.conv4d(torch.randn(1, 2, 3, 3, 3, 3), torch.randn(4, 2, 3, 3, 3, 3), torch.randn(3)), r"bias"),
+        (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), torch.rand(2, 4, 3), None), r"`mask_s` must have shape \(B, hs, ws\) = \(2, 3, 4\)"),
+        (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), None, torch.rand(2, 5, 5)), r"`mask_t` must have shape \(B, ht, wt\) = \(2, 5, 6\)"),
+        (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), mode="hough"), r"`mode` must be 'local' or 'global', got 'hough'"),
+        (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), radius=-1), r"`radius` must be >= 0"),
+        (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), sigma=0.0), r"`sigma` must be a positive"),
+        (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), torch.rand(2, 3, 4, dtype=F64), None), r"`corr` and `mask_s` must have the same dtype"),
+        (lambda: K.calibrate(vol(2, 3, 4), vol(2, 3, 5)), r"`g` must have the shape of `corr`"),
+        (lambda: K.calibrate(vol(2, 3, 4), vol(2, 3, 4), tau=0.0), r"`tau` must be a positive"),
+        (lambda: K.calibrate(vol(2, 3, 4), vol(2, 3, 4), bin_logit=torch.zeros(2)), r"`bin_logit` must be a scalar tensor"),
+        (lambda: K.soft_argmax(vol(2, 3, 12), 3, 5), r"`ht` \* `wt` must equal the target size Nt = 12"),
+        (lambda: K.soft_argmax(vol(2, 3, 12), 3, 4, window=-2), r"`window` must be -1 \(all cells\) or >= 0"),
+        (lambda: K.soft_argmax(vol(2, 3, 4, 3, 4), 4, 3), r"do not match the target axes of `P`"),
+        (lambda: K.fused_match(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), tau=-1.0), r"`tau` must be a positive"),
+        (lambda: K.fused_match(torch.randn(2, 4, 3, 3), torch.randn(2, 6, 3, 3)), r"same number of channels C, got 4 and 6"),
+    ],
+)
+def test_bad_input_message(call, match):
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        call()
+
+
+def test_bad_input_is_value_error():
+    with pytest.raises(ValueError):
+        K.correlation(torch.randn(2, 4, 3, 3), torch.randn(3, 4, 3, 3))
+
+
+def test_non_contiguous_inputs_are_accepted():
+    fs = torch.randn(2, 3, 5, 6, dtype=F64).transpose(2, 3)  # (2, 3, 6, 5), non-contiguous
+    ft = torch.randn(2, 7, 3, 4, dtype=F64).permute(0, 2, 1, 3)  # (2, 3, 7, 4)
+    assert not fs.is_contiguous() and not ft.is_contiguous()
+    torch.testing.assert_close(K.correlation(fs, ft), R.correlation(fs, ft))
+    c = vol(2, 4, 3, 5, 6, dtype=F64).transpose(3, 4)
+    torch.testing.assert_close(K.mutual_nn(c), R.mutual_nn(c))
+    torch.testing.assert_close(K.masked_vote(c), R.masked_vote(c, torch.ones(2, 4, 3, dtype=F64), torch.ones(2, 6, 5, dtype=F64)))
+    flow, conf, _ = K.fused_match(fs, ft, 0.1, 1)
+    rflow, rconf, _ = R.fused_match(fs, ft, 0.1, 1)
+    torch.testing.assert_close(flow, rflow)
+
+
+# ---- shape fuzzing ------------------------------------------------------------------------------------
+
+dims = st.integers(min_value=1, max_value=9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 3), c=st.integers(1, 19), hs=dims, ws=dims, ht=dims, wt=dims)
+def test_fuzz_correlation(b, c, hs, ws, ht, wt):
+    fs, ft = torch.randn(b, c, hs, ws, dtype=F64), torch.randn(b, c, ht, wt, dtype=F64)
+    torch.testing.assert_close(K.correlation(fs, ft), R.correlation(fs, ft))
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 3), c=st.integers(1, 19), hs=dims, ws=dims, ht=dims, wt=dims,
+       window=st.integers(-1, 3), tau=st.floats(0.02, 2.0))
+def test_fuzz_fused_match(b, c, hs, ws, ht, wt, window, tau):
+    fs, ft = torch.randn(b, c, hs, ws, dtype=F64), torch.randn(b, c, ht, wt, dtype=F64)
+    flow, conf, arg = K.fused_match(fs, ft, tau, window)
+    rflow, rconf, rarg = R.fused_match(fs, ft, tau, window)
+    assert torch.equal(arg, rarg)
+    torch.testing.assert_close(flow, rflow)
+    torch.testing.assert_close(conf, rconf)

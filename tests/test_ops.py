@@ -1,0 +1,288 @@
+"""Every op against its float64 reference: forward, backward, gradcheck, opcheck, torch.compile.
+
+Shapes are deliberately odd (3x5 source against 7x4 target, C not a multiple of 8, batch 1 and 3)
+and inputs random and away from zero; outputs are poisoned with NaN (conftest) before kernels run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scc_kernels as K
+from scc_kernels import reference as R
+
+ops = torch.ops.scc
+F64 = torch.float64
+
+# (B, C, hs, ws, ht, wt)
+SHAPES = [(1, 5, 3, 5, 7, 4), (3, 11, 4, 3, 2, 6)]
+
+
+def feats(b, c, hs, ws, ht, wt, dtype=F64, grad=False):
+    fs = torch.randn(b, c, hs, ws, dtype=dtype, requires_grad=grad)
+    ft = torch.randn(b, c, ht, wt, dtype=dtype, requires_grad=grad)
+    return fs, ft
+
+
+def volume(b, hs, ws, ht, wt, dtype=F64, grad=False):
+    # strictly positive, as correlation volumes after ReLU + eps are where the ops live
+    return (torch.rand(b, hs, ws, ht, wt, dtype=dtype) * 0.9 + 0.05).requires_grad_(grad)
+
+
+def tol(dtype, ref):
+    """float64 must agree to round-off; float32 to its precision, relative to the data's scale."""
+    scale = 1.0 + ref.abs().max().item()
+    return dict(rtol=1e-9, atol=1e-10 * scale) if dtype == F64 else dict(rtol=1e-4, atol=2e-6 * scale)
+
+
+def check_grads(fn_kernel, fn_ref, inputs, dtype, outs_idx=None):
+    """Forward and backward of the kernel (inputs in dtype) against the reference in float64."""
+    ins = [x.detach().to(dtype).requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x for x in inputs]
+    ref_ins = [x.detach().to(F64).requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x for x in inputs]
+    out_k = fn_kernel(*ins)
+    out_r = fn_ref(*ref_ins)
+    out_k = out_k if isinstance(out_k, tuple) else (out_k,)
+    out_r = out_r if isinstance(out_r, tuple) else (out_r,)
+    idx = range(len(out_r)) if outs_idx is None else outs_idx
+    for i in idx:
+        if not out_r[i].is_floating_point():
+            assert torch.equal(out_k[i], out_r[i])
+            continue
+        assert not torch.isnan(out_k[i]).any(), "NaN in output: an element was not written"
+        torch.testing.assert_close(out_k[i].to(F64), out_r[i], **tol(dtype, out_r[i]))
+    diff = [i for i in idx if out_r[i].is_floating_point()]
+    ups = [torch.randn_like(out_r[i]) for i in diff]
+    grad_k = torch.autograd.grad([out_k[i] for i in diff], [x for x in ins if isinstance(x, torch.Tensor) and x.requires_grad],
+                                 [u.to(out_k[i].dtype) for u, i in zip(ups, diff)], allow_unused=True)
+    grad_r = torch.autograd.grad([out_r[i] for i in diff], [x for x in ref_ins if isinstance(x, torch.Tensor) and x.requires_grad],
+                                 ups, allow_unused=True)
+    for gk, gr in zip(grad_k, grad_r):
+        assert gk is not None and gr is not None
+        assert not torch.isnan(gk).any()
+        torch.testing.assert_close(gk.to(F64), gr, **tol(dtype, gr))
+
+
+# ---- forward + backward against the reference -----------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("normalize,relu", [(True, True), (False, True), (True, False)])
+def test_correlation(shape, dtype, normalize, relu):
+    fs, ft = feats(*shape, grad=True)
+    check_grads(lambda a, b: K.correlation(a, b, normalize, relu), lambda a, b: R.correlation(a, b, normalize, relu),
+                [fs, ft], dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("flat", [False, True])
+def test_mutual_nn(shape, dtype, flat):
+    b, _, hs, ws, ht, wt = shape
+    c = volume(b, hs, ws, ht, wt)
+    if flat:
+        c = c.reshape(b, hs * ws, ht * wt)
+    check_grads(K.mutual_nn, R.mutual_nn, [c.requires_grad_()], dtype)
+
+
+@pytest.mark.parametrize("cin,cout,k,bias", [(1, 4, 3, True), (3, 1, 3, False), (2, 5, 5, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("b,dims", [(1, (3, 5, 7, 4)), (3, (2, 3, 3, 6))])
+def test_conv4d(cin, cout, k, bias, dtype, b, dims):
+    x = torch.randn(b, cin, *dims, dtype=F64, requires_grad=True)
+    w = torch.randn(cout, cin, k, k, k, k, dtype=F64, requires_grad=True)
+    bb = torch.randn(cout, dtype=F64, requires_grad=True) if bias else None
+    inputs = [x, w] + ([bb] if bias else [])
+    check_grads(lambda *a: K.conv4d(*a), lambda *a: R.conv4d(*a), inputs, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("mode,radius,sigma", [("local", 2, 1.0), ("local", 1, 0.6), ("global", 0, 1.0), ("global", 0, 1.7)])
+def test_masked_vote(shape, dtype, mode, radius, sigma):
+    b, _, hs, ws, ht, wt = shape
+    c = volume(b, hs, ws, ht, wt, grad=True)
+    ms = torch.rand(b, hs, ws, dtype=F64, requires_grad=True)
+    mt = torch.rand(b, ht, wt, dtype=F64, requires_grad=True)
+    check_grads(lambda c_, s, t: K.masked_vote(c_, s, t, mode, radius, sigma),
+                lambda c_, s, t: R.masked_vote(c_, s, t, mode, radius, sigma), [c, ms, mt], dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("bin_value", [0.4, float("-inf")])
+def test_calibrate(shape, dtype, bin_value):
+    b, _, hs, ws, ht, wt = shape
+    c, g = volume(b, hs, ws, ht, wt, grad=True), volume(b, hs, ws, ht, wt, grad=True)
+    inputs = [c, g]
+    if bin_value == float("-inf"):
+        fk = lambda c_, g_: K.calibrate(c_, g_, 0.7, 0.1, None)  # noqa: E731
+        fr = lambda c_, g_: R.calibrate(c_, g_, 0.7, 0.1, float("-inf"))  # noqa: E731
+        outs = [0]  # the bin's share is identically 0
+    else:
+        inputs.append(torch.tensor(bin_value, dtype=F64, requires_grad=True))
+        fk = lambda c_, g_, z: K.calibrate(c_, g_, 0.7, 0.1, z)  # noqa: E731
+        fr = lambda c_, g_, z: R.calibrate(c_, g_, 0.7, 0.1, z)  # noqa: E731
+        outs = None
+    check_grads(fk, fr, inputs, dtype, outs)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("window", [-1, 0, 1, 2])
+@pytest.mark.parametrize("beta", [1.0, 1.5])
+@pytest.mark.parametrize("flat", [False, True])
+def test_soft_argmax(shape, dtype, window, beta, flat):
+    b, _, hs, ws, ht, wt = shape
+    P = torch.softmax(torch.randn(b, hs * ws, ht * wt, dtype=F64) * 3, dim=2)
+    if not flat:
+        P = P.reshape(b, hs, ws, ht, wt)
+    check_grads(lambda p: K.soft_argmax(p, ht, wt, window, beta), lambda p: R.soft_argmax(p, ht, wt, window, beta),
+                [P.requires_grad_()], dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("window", [-1, 0, 2])
+def test_fused_match(shape, dtype, window):
+    fs, ft = feats(*shape, grad=True)
+    check_grads(lambda a, b: K.fused_match(a, b, 0.1, window), lambda a, b: R.fused_match(a, b, 0.1, window),
+                [fs, ft], dtype)
+
+
+def test_fused_match_large_tiles():
+    """More source rows and target columns than one CPU tile (64 x 256): exercises tile edges."""
+    fs, ft = feats(2, 9, 9, 11, 17, 19)
+    for window in (-1, 1):
+        out_k = K.fused_match(fs, ft, 0.07, window)
+        out_r = R.fused_match(fs, ft, 0.07, window)
+        for a, b in zip(out_k, out_r):
+            torch.testing.assert_close(a.to(b.dtype), b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs(dtype):
+    """fp16/bf16 are computed in fp32 on CPU: error comparable to PyTorch's own low-precision path."""
+    fs, ft = feats(2, 16, 4, 5, 6, 3)
+    exact = R.correlation(fs, ft)
+    lo = K.correlation(fs.to(dtype), ft.to(dtype))
+    assert lo.dtype == dtype
+    torch_lo = R.correlation(fs.to(dtype).float(), ft.to(dtype).float()).to(dtype)
+    err = (lo.double() - exact).abs().max()
+    err_torch = (torch_lo.double() - exact).abs().max()
+    assert err <= 2 * err_torch + 1e-6
+    flow, conf, _ = K.fused_match(fs.to(dtype), ft.to(dtype), 0.1, 1)
+    assert flow.dtype == torch.float32 and conf.dtype == torch.float32
+
+
+# ---- gradcheck ------------------------------------------------------------------------------------
+
+GRADCHECK = dict(eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+def test_gradcheck_correlation():
+    fs, ft = feats(2, 5, 3, 5, 4, 3, grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: K.correlation(a, b), (fs, ft), **GRADCHECK)
+
+
+def test_gradcheck_mutual_nn():
+    c = volume(2, 3, 4, 2, 5, grad=True)
+    assert torch.autograd.gradcheck(K.mutual_nn, (c,), **GRADCHECK)
+
+
+def test_gradcheck_conv4d():
+    x = torch.randn(1, 2, 3, 4, 3, 5, dtype=F64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, 3, 3, dtype=F64, requires_grad=True)
+    b = torch.randn(3, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(K.conv4d, (x, w, b), **GRADCHECK)
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_gradcheck_masked_vote(mode):
+    c = volume(2, 3, 4, 4, 3, grad=True)
+    ms = torch.rand(2, 3, 4, dtype=F64, requires_grad=True)
+    mt = torch.rand(2, 4, 3, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: K.masked_vote(*a, mode=mode, radius=1, sigma=0.8), (c, ms, mt), **GRADCHECK)
+
+
+def test_gradcheck_calibrate():
+    c, g = volume(2, 3, 2, 4, 3, grad=True), volume(2, 3, 2, 4, 3, grad=True)
+    z = torch.tensor(0.2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, zz: K.calibrate(a, b, 0.5, 0.2, zz), (c, g, z), **GRADCHECK)
+
+
+@pytest.mark.parametrize("window", [-1, 1])
+def test_gradcheck_soft_argmax(window):
+    P = torch.softmax(torch.randn(2, 6, 12, dtype=F64) * 3, dim=2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda p: K.soft_argmax(p, 3, 4, window, 1.3), (P,), **GRADCHECK)
+
+
+@pytest.mark.parametrize("window", [-1, 1])
+def test_gradcheck_fused_match(window):
+    fs, ft = feats(2, 4, 3, 2, 3, 4, grad=True)
+    fn = lambda a, b: K.fused_match(a, b, 0.2, window)[:2]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (fs, ft), **GRADCHECK)
+
+
+# ---- opcheck (schema, fake kernel, autograd registration, aot dispatch) ----------------------------
+
+
+def _opcheck_cases():
+    fs, ft = feats(2, 5, 3, 5, 4, 3, grad=True)
+    c = volume(2, 3, 5, 4, 3, grad=True)
+    g = volume(2, 3, 5, 4, 3, grad=True)
+    ms = torch.rand(2, 3, 5, dtype=F64, requires_grad=True)
+    mt = torch.rand(2, 4, 3, dtype=F64, requires_grad=True)
+    z = torch.tensor(0.1, dtype=F64, requires_grad=True)
+    P = torch.softmax(torch.randn(2, 15, 12, dtype=F64), 2).requires_grad_()
+    x = torch.randn(1, 2, 3, 4, 3, 5, dtype=F64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, 3, 3, dtype=F64, requires_grad=True)
+    b = torch.randn(3, dtype=F64, requires_grad=True)
+    return [
+        ("correlation", (fs, ft, True, True, 1e-6)),
+        ("mutual_nn", (c, 1e-5)),
+        ("conv4d", (x, w, b)),
+        ("conv4d", (x, w, None)),
+        ("masked_vote", (c, ms, mt, "local", 1, 1.0, 1e-6)),
+        ("masked_vote", (c, ms, mt, "global", 0, 1.0, 1e-6)),
+        ("calibrate", (c, g, 0.5, 0.1, z, 1e-6)),
+        ("soft_argmax", (P, 4, 3, 1, 1.0)),
+        ("fused_match", (fs, ft, 0.1, -1)),
+        ("fused_match", (fs, ft, 0.1, 1)),
+    ]
+
+
+@pytest.mark.parametrize("name,args", _opcheck_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_opcheck(name, args):
+    torch.library.opcheck(getattr(ops, name).default, args)
+
+
+# ---- torch.compile ----------------------------------------------------------------------------------
+
+
+def test_torch_compile_fullgraph():
+    """A small matching pipeline built from the ops compiles without graph breaks and matches eager."""
+
+    def pipeline(fs, ft, ms, mt, weight, z):
+        corr = K.correlation(fs, ft)
+        corr = K.mutual_nn(corr)
+        corr = corr + K.conv4d(corr.unsqueeze(1), weight).squeeze(1).relu()
+        g = K.masked_vote(corr, ms, mt, "local", 1, 1.0)
+        P, _ = K.calibrate(corr, g, 1.0, 0.1, z)
+        flow, conf = K.soft_argmax(P, ft.shape[2], ft.shape[3], 1)
+        fflow, fconf, _ = K.fused_match(fs, ft, 0.1, 1)
+        return flow.sum() + conf.sum() + fflow.sum() + fconf.sum()
+
+    torch._dynamo.reset()
+    fs, ft = feats(2, 6, 3, 5, 4, 3, dtype=torch.float32, grad=True)
+    ms, mt = torch.rand(2, 3, 5), torch.rand(2, 4, 3)
+    weight = torch.randn(1, 1, 3, 3, 3, 3) * 0.1
+    z = torch.tensor(0.0)
+    compiled = torch.compile(pipeline, fullgraph=True, backend="aot_eager")
+    out_c = compiled(fs, ft, ms, mt, weight, z)
+    out_e = pipeline(fs, ft, ms, mt, weight, z)
+    torch.testing.assert_close(out_c, out_e)
+    gc = torch.autograd.grad(out_c, fs)[0]
+    ge = torch.autograd.grad(out_e, fs)[0]
+    torch.testing.assert_close(gc, ge)
