@@ -13,6 +13,8 @@ Friendly functions (axes named einops-style):
 ``scc_kernels.reference`` holds the pure-PyTorch ground truth of each op.
 """
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 try:
     from . import _C  # noqa: F401  (loading the library registers the ops)
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install

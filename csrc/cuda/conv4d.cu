@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kFwdThreads)
 }
 
 template <typename scalar_t, typename acc_t, int K, int COB>
-__global__ void __launch_bounds__(kGradWThreads)
+__global__ void __launch_bounds__(kGradWThreads, 1)
     conv4d_grad_weight_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x, Geo g, int TH,
                               int TW, int64_t rows_per_chunk, acc_t* __restrict__ part) {
   constexpr int P = K / 2, KK = K * K;
@@ -217,7 +217,8 @@ __global__ void bias_final_kernel(const acc_t* __restrict__ part, int64_t nparts
 
 // ---- host side ------------------------------------------------------------------------------
 
-// Output channels per block: 1, 4 or 16 (more channels per block reuse each staged input more).
+// Output channels per block: 1, 4 or 16 (8 for double); more channels per block reuse each staged
+// input more.
 int pick_cob(int64_t cout) { return cout <= 1 ? 1 : (cout <= 4 ? 4 : 16); }
 
 template <typename scalar_t, typename acc_t, int K, int COB>
@@ -258,15 +259,17 @@ void launch_grad_weight(const scalar_t* grad, const scalar_t* x, const Geo& g, s
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Calls f.template operator()<K, COB>() for the runtime kernel size and channel block.
-template <typename F>
+// Calls f.template operator()<K, COB>() for the runtime kernel size and channel block. fp64
+// accumulators take twice the registers, so double uses blocks of 8 channels instead of 16.
+template <typename acc_t, typename F>
 void dispatch_k_cob(int64_t k, int cob, F&& f) {
+  constexpr int kMaxCob = sizeof(acc_t) == 8 ? 8 : 16;
   auto by_cob = [&](auto kc) {
     constexpr int K = decltype(kc)::value;
     switch (cob) {
       case 1: f.template operator()<K, 1>(); break;
       case 4: f.template operator()<K, 4>(); break;
-      default: f.template operator()<K, 16>(); break;
+      default: f.template operator()<K, kMaxCob>(); break;
     }
   };
   switch (k) {
@@ -314,7 +317,7 @@ at::Tensor conv4d(const at::Tensor& x_in, const at::Tensor& weight_in, const std
   SCC_DISPATCH_FLOATING(x.scalar_type(), "scc_conv4d_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* bp = bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr;
-    dispatch_k_cob(w.size(2), pick_cob(g.cout), [&]<int K, int COB>() {
+    dispatch_k_cob<acc_t>(w.size(2), pick_cob(g.cout), [&]<int K, int COB>() {
       launch_conv<scalar_t, acc_t, K, COB>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bp, g,
                                            out.mutable_data_ptr<scalar_t>(), stream);
     });
@@ -343,11 +346,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv4d_backward(const at::Tensor&
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    dispatch_k_cob(w.size(2), pick_cob(g.cin), [&]<int K, int COB>() {
+    dispatch_k_cob<acc_t>(w.size(2), pick_cob(g.cin), [&]<int K, int COB>() {
       launch_conv<scalar_t, acc_t, K, COB>(gp, wt.const_data_ptr<scalar_t>(), nullptr, gt,
                                            grad_x.mutable_data_ptr<scalar_t>(), stream);
     });
-    dispatch_k_cob(w.size(2), pick_cob(g.cout), [&]<int K, int COB>() {
+    dispatch_k_cob<acc_t>(w.size(2), pick_cob(g.cout), [&]<int K, int COB>() {
       launch_grad_weight<scalar_t, acc_t, K, COB>(gp, xp, g, grad_w.mutable_data_ptr<scalar_t>(), x, stream);
     });
     if (bias_defined) {

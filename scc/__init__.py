@@ -1,0 +1,1 @@
+"""scc: weakly supervised semantic correspondence (model, data, training, evaluation) on scc_kernels."""
