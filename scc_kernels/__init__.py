@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     ) from exc
 
 from . import _ops  # noqa: E402,F401  (fake kernels and autograd)
+from . import _triton_ops  # noqa: E402,F401  (CUDA kernels of correlation and fused_match)
 from .api import calibrate, conv4d, correlation, fused_match, masked_vote, mutual_nn, soft_argmax  # noqa: E402
 
 __all__ = ["correlation", "mutual_nn", "conv4d", "masked_vote", "calibrate", "soft_argmax", "fused_match"]

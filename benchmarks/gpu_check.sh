@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One script for a lent GPU machine (run from the repository root): build the extension against that
+# machine's own torch, run the CUDA/Triton tests, time the kernels. Results go to $OUT (default ./out).
+set -uo pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+} 2>&1 | tee "$OUT/env.txt"
+
+echo "== build"
+start=$(date +%s)
+SCC_BUILD_CUDA=1 SCC_PTXAS_VERBOSE=1 TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS=16 \
+  timeout 360 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
+echo "built in $(( $(date +%s) - start )) s"
+grep -E "spill stores|spill loads" "$OUT/build.log" | grep -v " 0 bytes spill stores, 0 bytes spill loads" | head -5 || true
+
+echo "== tests"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py tests/test_gpu_matmul_ops.py 2>&1 \
+  | tee "$OUT/tests.log" | tail -40
+
+echo "== benchmarks"
+timeout 300 python3 benchmarks/bench_gpu.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60

@@ -1,0 +1,80 @@
+"""correlation and fused_match through torch.ops.scc on CUDA (Triton kernels) against float64.
+
+Low precision passes when its error is at most 2x that of the same computation done by PyTorch
+(the reference composite) in the same precision, plus a few ulps of the output's scale.
+"""
+
+import pytest
+import torch
+
+import scc_kernels as K
+from scc_kernels import reference as R
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU kernels not run here")
+
+F64 = torch.float64
+SHAPES = [(1, 5, 3, 5, 7, 4), (3, 150, 20, 23, 17, 29)]
+ULP = {torch.float32: 1.2e-7, torch.float16: 9.8e-4, torch.bfloat16: 7.8e-3}
+
+
+def _bound(lo_ref, exact, dtype):
+    return 2 * (lo_ref.double() - exact).abs().max().item() + 4 * ULP[dtype] * (1 + exact.abs().max().item())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_correlation_cuda(shape, dtype):
+    b, c, hs, ws, ht, wt = shape
+    fs = torch.randn(b, c, hs, ws, device="cuda").to(dtype).requires_grad_()
+    ft = torch.randn(b, c, ht, wt, device="cuda").to(dtype).requires_grad_()
+    out = K.correlation(fs, ft)
+    assert out.dtype == dtype
+    exact = R.correlation(fs.detach().double(), ft.detach().double())
+    torch_lo = R.correlation(fs.detach(), ft.detach())
+    assert (out.double() - exact).abs().max().item() <= _bound(torch_lo, exact, dtype)
+    up = torch.randn_like(exact)
+    g = torch.autograd.grad(out, (fs, ft), up.to(dtype))
+    a64, b64 = fs.detach().double().requires_grad_(), ft.detach().double().requires_grad_()
+    g64 = torch.autograd.grad(R.correlation(a64, b64), (a64, b64), up)
+    alo, blo = fs.detach().clone().requires_grad_(), ft.detach().clone().requires_grad_()
+    glo = torch.autograd.grad(R.correlation(alo, blo), (alo, blo), up.to(dtype))
+    for k, e, lo in zip(g, g64, glo):
+        assert (k.double() - e).abs().max().item() <= _bound(lo, e, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("window", [-1, 0, 2])
+def test_fused_match_cuda(shape, dtype, window):
+    b, c, hs, ws, ht, wt = shape
+    fs = torch.randn(b, c, hs, ws, device="cuda").to(dtype).requires_grad_()
+    ft = torch.randn(b, c, ht, wt, device="cuda").to(dtype).requires_grad_()
+    flow, conf, arg = K.fused_match(fs, ft, 0.1, window)
+    # The float64 truth on the same (rounded) inputs; argmax ties broken identically (first index).
+    a64, b64 = fs.detach().double().requires_grad_(), ft.detach().double().requires_grad_()
+    rflow, rconf, rarg = R.fused_match(a64, b64, 0.1, window)
+    same = arg == rarg
+    assert same.float().mean() > 0.99
+    lflow, lconf, _ = R.fused_match(fs.detach().float(), ft.detach().float(), 0.1, window)
+    torch.testing.assert_close(flow[same].double(), rflow[same], rtol=0,
+                               atol=max(1e-4, 2 * (lflow.double() - rflow).abs()[same].max().item()))
+    torch.testing.assert_close(conf.double(), rconf, rtol=0, atol=max(1e-5, 2 * (lconf.double() - rconf).abs().max().item()))
+    if dtype != torch.float32:
+        return  # gradients through an argmax window are compared where windows agree: fp32 only
+    gf, gc = torch.randn_like(rflow), torch.randn_like(rconf)
+    g = torch.autograd.grad((flow, conf), (fs, ft), (gf.float(), gc.float()))
+    g64 = torch.autograd.grad((rflow, rconf), (a64, b64), (gf, gc))
+    for k, e in zip(g, g64):
+        torch.testing.assert_close(k.double(), e, rtol=1e-3, atol=1e-4 * (1 + e.abs().max().item()))
+
+
+def test_fused_match_128_memory():
+    """128x128 maps at C=256 run in well under the memory one correlation volume needs."""
+    fs = torch.randn(1, 256, 128, 128, device="cuda", dtype=torch.bfloat16)
+    ft = torch.randn(1, 256, 128, 128, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    flow, conf, arg = K.fused_match(fs, ft, 0.05, 2)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 128**4 * 4 / 100  # < 1% of the fp32 volume (1 GiB per pair)
