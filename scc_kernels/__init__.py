@@ -10,7 +10,8 @@ Friendly functions (axes named einops-style):
 - ``soft_argmax(P, ht, wt, window, beta)``: -> flow (..., 2), conf (...)
 - ``fused_match(fs, ft, tau, window)``: -> flow (B, hs, ws, 2), conf (B, hs, ws), argmax (B, hs, ws)
 
-``scc_kernels.reference`` holds the pure-PyTorch ground truth of each op.
+``scc_kernels.reference`` holds the pure-PyTorch ground truth of each op; ``use_backend("reference")``
+runs it through the same functions (tests and benchmarks compare the two).
 """
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
@@ -28,6 +29,20 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 
 from . import _ops  # noqa: E402,F401  (fake kernels and autograd)
 from . import _triton_ops  # noqa: E402,F401  (CUDA kernels of correlation and fused_match)
-from .api import calibrate, conv4d, correlation, fused_match, masked_vote, mutual_nn, soft_argmax  # noqa: E402
+from .api import (  # noqa: E402
+    BACKENDS,
+    calibrate,
+    conv4d,
+    correlation,
+    fused_match,
+    kernel_kind,
+    masked_vote,
+    mutual_nn,
+    soft_argmax,
+    use_backend,
+)
 
-__all__ = ["correlation", "mutual_nn", "conv4d", "masked_vote", "calibrate", "soft_argmax", "fused_match"]
+__all__ = [
+    "correlation", "mutual_nn", "conv4d", "masked_vote", "calibrate", "soft_argmax", "fused_match",
+    "use_backend", "kernel_kind", "BACKENDS",
+]

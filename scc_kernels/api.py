@@ -2,11 +2,59 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 
+from . import reference as R
+
 ops = torch.ops.scc
+
+# Which implementation runs each op, by device: correlation and fused_match are Triton kernels on
+# CUDA (matmul-shaped), the other ops CUDA C++ (stencil/reduction-shaped); every op has a C++ CPU
+# kernel. "auto" takes that kernel; "reference" runs scc_kernels.reference (plain PyTorch autograd).
+_TRITON_OPS = frozenset({"correlation", "fused_match"})
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+_backend: contextvars.ContextVar[str] = contextvars.ContextVar("scc_backend", default="auto")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the scc_kernels functions inside the block with backend ``name``.
+
+    "auto" (default): the compiled kernel for the tensors' device; "reference": the pure-PyTorch
+    reference; "cpu" / "cuda" / "triton": the compiled kernel, checked to be that one (an op on a
+    device whose kernel is another kind raises ValueError, e.g. "triton" for mutual_nn).
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"scc: backend must be one of {BACKENDS}, got {name!r}")
+    token = _backend.set(name)
+    try:
+        yield
+    finally:
+        _backend.reset(token)
+
+
+def kernel_kind(op: str, device: torch.device) -> str:
+    """The kind of compiled kernel that runs ``op`` on ``device``: "cpu", "cuda" or "triton"."""
+    if device.type == "cpu":
+        return "cpu"
+    return "triton" if op in _TRITON_OPS else "cuda"
+
+
+def _use_reference(op: str, t: torch.Tensor) -> bool:
+    name = _backend.get()
+    if name == "reference":
+        return True
+    if name != "auto" and isinstance(t, torch.Tensor):
+        kind = kernel_kind(op, t.device)
+        if kind != name:
+            raise ValueError(f"scc: backend {name!r} has no kernel for {op} on {t.device.type}; "
+                             f"its kernel there is {kind!r} (or use 'reference')")
+    return False
 
 
 def _tensor(x, name: str) -> torch.Tensor:
@@ -23,6 +71,8 @@ def correlation(
     fs: (B, C, hs, ws), ft: (B, C, ht, wt) -> corr: (B, hs, ws, ht, wt), in the input dtype
     (fp32 accumulation; float64 inputs stay float64).
     """
+    if _use_reference("correlation", fs):
+        return R.correlation(fs, ft, normalize, relu, eps)
     return ops.correlation(_tensor(fs, "fs"), _tensor(ft, "ft"), normalize, relu, eps)
 
 
@@ -31,6 +81,8 @@ def mutual_nn(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
     corr: (B, hs, ws, ht, wt) or (B, Ns, Nt) -> same shape and dtype.
     """
+    if _use_reference("mutual_nn", corr):
+        return R.mutual_nn(corr, eps)
     return ops.mutual_nn(_tensor(corr, "corr"), eps)
 
 
@@ -40,6 +92,8 @@ def conv4d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     x: (B, Cin, hs, ws, ht, wt), weight: (Cout, Cin, k, k, k, k), bias: (Cout,) or None
     -> (B, Cout, hs, ws, ht, wt).
     """
+    if _use_reference("conv4d", x):
+        return R.conv4d(x, weight, bias)
     return ops.conv4d(_tensor(x, "x"), _tensor(weight, "weight"), bias)
 
 
@@ -66,6 +120,8 @@ def masked_vote(
         mask_s = corr.new_ones((b, hs, ws))
     if mask_t is None:
         mask_t = corr.new_ones((b, ht, wt))
+    if _use_reference("masked_vote", corr):
+        return R.masked_vote(corr, mask_s, mask_t, mode, radius, sigma, eps)
     return ops.masked_vote(corr, mask_s, mask_t, mode, radius, sigma, eps)
 
 
@@ -88,6 +144,8 @@ def calibrate(
         bin_logit = -math.inf
     if not isinstance(bin_logit, torch.Tensor):
         bin_logit = torch.tensor(float(bin_logit), dtype=corr.dtype, device=corr.device)
+    if _use_reference("calibrate", corr):
+        return R.calibrate(corr, g, lam, tau, bin_logit, eps)
     return ops.calibrate(corr, _tensor(g, "g"), lam, tau, bin_logit, eps)
 
 
@@ -99,6 +157,8 @@ def soft_argmax(
     P: (B, Ns, Nt) -> flow: (B, Ns, 2), conf: (B, Ns); P: (B, hs, ws, ht, wt) -> (B, hs, ws, 2), (B, hs, ws).
     ``window``: half-size of the window around the argmax (-1: all cells).
     """
+    if _use_reference("soft_argmax", P):
+        return R.soft_argmax(P, ht, wt, window, beta)
     return ops.soft_argmax(_tensor(P, "P"), ht, wt, window, beta)
 
 
@@ -111,5 +171,7 @@ def fused_match(
     conf: (B, hs, ws), argmax: (B, hs, ws) int64 (flat target index). flow and conf are float32
     (float64 for float64 inputs). Differentiable in fs and ft (backward by recomputation).
     """
+    if _use_reference("fused_match", fs):
+        return R.fused_match(fs, ft, tau, window)
     flow, conf, arg, _lse = ops.fused_match(_tensor(fs, "fs"), _tensor(ft, "ft"), tau, window)
     return flow, conf, arg

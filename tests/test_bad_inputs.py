@@ -1,5 +1,7 @@
 """Bad input gives a clear error naming the argument and what was expected."""
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -91,3 +93,19 @@ def test_fuzz_fused_match(b, c, hs, ws, ht, wt, window, tau):
     assert torch.equal(arg, rarg)
     torch.testing.assert_close(flow, rflow)
     torch.testing.assert_close(conf, rconf)
+
+
+def test_use_backend_switch():
+    fs, ft = torch.randn(1, 4, 3, 5, dtype=F64), torch.randn(1, 4, 2, 6, dtype=F64)
+    with K.use_backend("reference"), mock.patch.object(R, "correlation", wraps=R.correlation) as spy:
+        ref = K.correlation(fs, ft)
+    assert spy.call_count == 1
+    with K.use_backend("cpu"):
+        torch.testing.assert_close(K.correlation(fs, ft), ref)
+    with K.use_backend("triton"), pytest.raises(ValueError, match="backend 'triton' has no kernel for correlation on cpu"):
+        K.correlation(fs, ft)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with K.use_backend("tpu"):
+            pass
+    assert K.kernel_kind("correlation", torch.device("cuda")) == "triton"
+    assert K.kernel_kind("mutual_nn", torch.device("cuda")) == "cuda"
