@@ -27,7 +27,7 @@ struct Geom {
   int64_t B, Cin, Cout, H1, W1, H2, W2, k, p;
   int64_t W2p;  // padded row length W2 + 2p
   int64_t Mv;   // flat output positions computed per plane: H2 * W2p rounded up to 16 (any vector width)
-  int64_t PS;   // padded plane stride: covers every read Mv - 1 + (k - 1) * (W2p + 1), 64-byte multiple
+  int64_t PS;   // padded plane stride: covers every read Mv - 1 + (k - 1) * (W2p + 1), rounded up to 16
 
   Geom(int64_t B_, int64_t Cin_, int64_t Cout_, const at::Tensor& x, int64_t k_)
       : B(B_), Cin(Cin_), Cout(Cout_), H1(x.size(2)), W1(x.size(3)), H2(x.size(4)), W2(x.size(5)), k(k_),
@@ -59,7 +59,8 @@ inline void advise_huge_pages(const at::Tensor& t) {
 
 }  // namespace
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+// `#pragma GCC target` multiversioning needs GCC on x86-64; elsewhere only the portable copy is built.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define SCC_CONV4D_X86 1
 #endif
 
@@ -105,15 +106,20 @@ namespace {
 
 enum class Isa { base, avx2, avx512 };
 
+// The best ISA this CPU supports; SCC_CONV4D_ISA=avx2 or =base selects a lower one (to test those paths).
 Isa detect_isa() {
 #ifdef SCC_CONV4D_X86
   static const Isa isa = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+    Isa best = Isa::base;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+    if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-      return Isa::avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
-    return Isa::base;
+      best = Isa::avx512;
+    const char* want = std::getenv("SCC_CONV4D_ISA");
+    if (want != nullptr && std::strcmp(want, "base") == 0) return Isa::base;
+    if (want != nullptr && std::strcmp(want, "avx2") == 0 && best == Isa::avx512) return Isa::avx2;
+    return best;
   }();
   return isa;
 #else
@@ -196,8 +202,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv4d_backward(const at::Tensor&
   check_same_device(x_in, "x", grad_in, "grad");
   const int64_t B = x_in.size(0), Cin = x_in.size(1), Cout = weight_in.size(0), k = weight_in.size(2);
   const std::vector<int64_t> want{B, Cout, x_in.size(2), x_in.size(3), x_in.size(4), x_in.size(5)};
-  TORCH_CHECK_VALUE(grad_in.sizes() == at::IntArrayRef(want), "scc: `grad` must have shape (B, Cout, hs, ws, ht, wt) = ",
-                    at::IntArrayRef(want), ", got shape ", shape_str(grad_in));
+  TORCH_CHECK_VALUE(grad_in.sizes() == at::IntArrayRef(want), "scc: `grad` must have shape (B, Cout, hs, ws, ht, wt) = (",
+                    B, ", ", Cout, ", ", want[2], ", ", want[3], ", ", want[4], ", ", want[5], "), got shape ",
+                    shape_str(grad_in));
 
   const at::Tensor x = widen(x_in), grad = widen(grad_in);
   // grad_x = conv(grad, w') with w'[ci, co, q] = w[co, ci, k-1-q], laid out (Cout, k, k, k, k, Cin).
@@ -209,20 +216,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv4d_backward(const at::Tensor&
   at::Tensor grad_w = alloc_output({Cout, Cin, k, k, k, k}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scc_conv4d_backward", [&] {
     using T = scalar_t;
-    const T* gp = grad.data_ptr<T>();
-    const T* xp = x.data_ptr<T>();
-    T* gwp = grad_w.data_ptr<T>();
-    conv_forward<T>(gp, wr_t.data_ptr<T>(), nullptr, grad_x.data_ptr<T>(), gx);
+    const T* gd = grad.data_ptr<T>();
+    const T* xd = x.data_ptr<T>();
+    T* gwd = grad_w.data_ptr<T>();
+    conv_forward<T>(gd, wr_t.data_ptr<T>(), nullptr, grad_x.data_ptr<T>(), gx);
     const Isa isa = detect_isa();
     const int64_t cob = gw_cob(isa);
     const int64_t items = (Cout + cob - 1) / cob * Cin * k;
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
       switch (isa) {
 #ifdef SCC_CONV4D_X86
-        case Isa::avx512: conv4d_avx512::grad_weight_items<T>(xp, gp, gwp, g, begin, end); break;
-        case Isa::avx2: conv4d_avx2::grad_weight_items<T>(xp, gp, gwp, g, begin, end); break;
+        case Isa::avx512: conv4d_avx512::grad_weight_items<T>(xd, gd, gwd, g, begin, end); break;
+        case Isa::avx2: conv4d_avx2::grad_weight_items<T>(xd, gd, gwd, g, begin, end); break;
 #endif
-        default: conv4d_base::grad_weight_items<T>(xp, gp, gwp, g, begin, end);
+        default: conv4d_base::grad_weight_items<T>(xd, gd, gwd, g, begin, end);
       }
     });
   });
