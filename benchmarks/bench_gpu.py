@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 import scc_kernels as K  # noqa: E402
 from scc_kernels import reference as R  # noqa: E402
 from test_cpu_kernels import ncnet_conv4d  # noqa: E402

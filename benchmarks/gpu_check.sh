@@ -17,8 +17,14 @@ echo "built in $(( $(date +%s) - start )) s"
 grep -E "spill stores|spill loads" "$OUT/build.log" | grep -v " 0 bytes spill stores, 0 bytes spill loads" | head -5 || true
 
 echo "== tests"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py tests/test_gpu_matmul_ops.py 2>&1 \
-  | tee "$OUT/tests.log" | tail -40
+timeout 200 python3 -m pytest -q -p no:cacheprovider -rf --tb=short tests/test_cuda_ops.py tests/test_gpu_matmul_ops.py \
+  --deselect tests/test_cuda_ops.py::test_argument_errors > "$OUT/tests.log" 2>&1
+tail -15 "$OUT/tests.log"
 
 echo "== benchmarks"
 timeout 300 python3 benchmarks/bench_gpu.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60
+
+echo "== argument errors (own process: a crash here must not hide the results above)"
+timeout 60 python3 -X faulthandler -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda_ops.py::test_argument_errors \
+  > "$OUT/tests_args.log" 2>&1
+tail -5 "$OUT/tests_args.log"
