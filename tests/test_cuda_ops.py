@@ -100,6 +100,9 @@ MNN_SHAPES = {
     "5d": (SRC, TRG),  # Nt = 28: vectorised path
     "5d_odd": (SRC, (5, 3)),  # Nt = 15: scalar path
     "flat_big": ((70,), (37,)),  # several column chunks (32 rows each), flat (B, Ns, Nt)
+    # Fused maxima pass (64-row chunks x 2048-column tiles vectorised, 512 scalar): partial edges.
+    "tiles_vec": ((70,), (2100,)),
+    "tiles_scalar": ((65,), (1027,)),
 }
 
 
@@ -187,16 +190,21 @@ def test_calibrate(dtype, b, flat, bin_logit):
     )
 
 
-def test_calibrate_long_rows():
-    # Rows longer than a warp's vector loop (4 x 32) and a non-multiple of 4.
+@pytest.mark.parametrize("nt", [1001, 1024, 12289])
+def test_calibrate_long_rows(nt):
+    # Rows longer than a block's vector loop (4 x 256), a non-multiple of 4, and (12289, in float64
+    # and float32) rows whose logits do not fit in shared memory: the one-warp-per-row kernel.
     g = _gen(5)
-    corr = torch.rand(2, 9, 1001, generator=g, dtype=torch.float64)
-    gg = torch.rand(2, 9, 1001, generator=g, dtype=torch.float64)
+    corr = torch.rand(2, 9, nt, generator=g, dtype=torch.float64)
+    gg = torch.rand(2, 9, nt, generator=g, dtype=torch.float64)
     z = torch.tensor(-1.0, dtype=torch.float64)
     p, pu = OPS.calibrate(corr.to(DEV), gg.to(DEV), 1.0, 0.1, z.to(DEV), 1e-6)
     rp, rpu = ref.calibrate(corr, gg, 1.0, 0.1, z, 1e-6)
     torch.testing.assert_close(p.cpu(), rp, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(pu.cpu(), rpu, rtol=1e-10, atol=1e-14)
+    p32, pu32 = OPS.calibrate(corr.float().to(DEV), gg.float().to(DEV), 1.0, 0.1, z.float().to(DEV), 1e-6)
+    torch.testing.assert_close(p32.cpu().double(), rp, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(pu32.cpu().double(), rpu, rtol=1e-4, atol=1e-7)
 
 
 # ---- soft_argmax ------------------------------------------------------------------------------
@@ -284,3 +292,37 @@ def test_argument_errors():
         OPS.soft_argmax(c, 2, 3, -1, 1.0)
     with pytest.raises(ValueError, match="weight"):
         OPS.conv4d(torch.rand(1, 2, 3, 3, 3, 3, device=DEV), torch.rand(1, 3, 3, 3, 3, 3, device=DEV), None)
+
+
+def test_argument_errors_more():
+    # Every CUDA op checks its arguments in host code before touching the device: ValueError, no crash.
+    c5 = torch.rand(1, 2, 2, 2, 2, device=DEV)
+    m = torch.rand(1, 2, 2, device=DEV)
+    with pytest.raises(ValueError, match="empty"):
+        OPS.mutual_nn(torch.rand(0, 3, 4, device=DEV), 1e-5)
+    with pytest.raises(ValueError, match="float"):
+        OPS.mutual_nn(torch.ones(2, 3, 4, dtype=torch.int32, device=DEV), 1e-5)
+    with pytest.raises(ValueError, match="CUDA"):
+        OPS.mutual_nn_backward(torch.rand(2, 3, 4, device=DEV), torch.rand(2, 3, 4), 1e-5)
+    with pytest.raises(ValueError, match="grad"):
+        OPS.mutual_nn_backward(torch.rand(2, 3, 5, device=DEV), torch.rand(2, 3, 4, device=DEV), 1e-5)
+    with pytest.raises(ValueError, match="mask_s"):
+        OPS.masked_vote(c5, m.double(), m, "local", 1, 1.0, 1e-6)
+    with pytest.raises(ValueError, match="corr"):
+        OPS.masked_vote(torch.rand(2, 2, 2, device=DEV), m, m, "local", 1, 1.0, 1e-6)
+    with pytest.raises(ValueError, match="bin_logit"):
+        OPS.calibrate(c5, c5, 1.0, 0.1, torch.tensor(0.0), 1e-6)
+    with pytest.raises(ValueError, match="P"):
+        OPS.calibrate_backward(c5, torch.rand(1, 4, device=DEV), torch.rand(1, 4, 3, device=DEV),
+                               torch.rand(1, 4, device=DEV), c5, c5, 1.0, 0.1, 1e-6)
+    with pytest.raises(ValueError, match="flow"):
+        OPS.soft_argmax_backward(torch.rand(1, 4, 3, device=DEV), torch.rand(1, 4, device=DEV),
+                                 torch.rand(1, 4, 4, device=DEV), torch.rand(1, 4, 2, device=DEV), 2, 2, -1, 1.0)
+    with pytest.raises(ValueError, match="kernel size"):
+        OPS.conv4d(torch.rand(1, 1, 3, 3, 3, 3, device=DEV), torch.rand(1, 1, 9, 9, 9, 9, device=DEV), None)
+    with pytest.raises(ValueError, match="bias"):
+        OPS.conv4d(torch.rand(1, 1, 3, 3, 3, 3, device=DEV), torch.rand(2, 1, 3, 3, 3, 3, device=DEV),
+                   torch.rand(3, device=DEV))
+    with pytest.raises(ValueError, match="grad"):
+        OPS.conv4d_backward(torch.rand(1, 1, 3, 3, 3, 3, device=DEV).half(), torch.rand(1, 1, 3, 3, 3, 3, device=DEV),
+                            torch.rand(1, 1, 3, 3, 3, 3, device=DEV), False)

@@ -1,6 +1,8 @@
 // calibrate on CUDA: P = softmax over j and one extra bin of l_ij = (log(corr_ij + eps) + lam log(g_ij + eps)) / tau.
-// One warp per row: an online (max, sum) pass over the row, then a write pass (logits recomputed,
-// not stored). bin_logit is read on the device (no host sync); -inf means no bin.
+// One block per row when the row's logits fit in shared memory: the row is read once, its logits
+// kept in shared memory for the write pass. Longer rows: one warp per row, an online (max, sum)
+// pass, then a write pass that recomputes the logits. bin_logit is read on the device (no host
+// sync); -inf means no bin.
 #include "common.h"
 #include "cuda/utils.cuh"
 #include "ops.h"
@@ -74,6 +76,58 @@ __global__ void calibrate_kernel(const scalar_t* __restrict__ corr, const scalar
   if (threadIdx.x == 0) pu[row] = static_cast<scalar_t>(exp(bin - st.m) * inv_s);
 }
 
+constexpr int kRowThreads = 256;
+constexpr int64_t kRowSmem = 48 * 1024;  // bytes of logits per block (no opt-in needed)
+
+// One block per row; the logits stay in shared memory between the reduction and the write pass.
+// Each thread reads back only the logits it wrote, so the reduction's barriers are the only ones.
+template <typename scalar_t, typename acc_t, int V>
+__global__ void __launch_bounds__(kRowThreads)
+    calibrate_row_kernel(const scalar_t* __restrict__ corr, const scalar_t* __restrict__ g,
+                         const scalar_t* __restrict__ bin_logit, int64_t nt, Calib<acc_t> k,
+                         scalar_t* __restrict__ p, scalar_t* __restrict__ pu) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* logit = reinterpret_cast<acc_t*>(smem_raw);
+  __shared__ acc_t wm[kRowThreads / kWarp], ws[kRowThreads / kWarp];
+  const int64_t row = blockIdx.x, base = row * nt;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  Lse<acc_t> st{neg_inf<acc_t>(), acc_t(0)};
+  for (int64_t j = static_cast<int64_t>(threadIdx.x) * V; j < nt; j += kRowThreads * V) {
+    scalar_t cv[V], gv[V];
+    load_vec<V>(corr + base + j, cv);
+    load_vec<V>(g + base + j, gv);
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const acc_t l = k.logit(static_cast<acc_t>(cv[u]), static_cast<acc_t>(gv[u]));
+      logit[j + u] = l;
+      st = lse_add(st, l);
+    }
+  }
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    const Lse<acc_t> other{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o)};
+    st = lse_merge(st, other);
+  }
+  if (lane == 0) {
+    wm[warp] = st.m;
+    ws[warp] = st.s;
+  }
+  __syncthreads();
+  st = {wm[0], ws[0]};
+#pragma unroll
+  for (int w = 1; w < kRowThreads / kWarp; ++w) st = lse_merge(st, Lse<acc_t>{wm[w], ws[w]});
+  const acc_t bin = static_cast<acc_t>(*bin_logit);
+  st = lse_add(st, bin);
+  const acc_t inv_s = acc_t(1) / st.s;
+  for (int64_t j = static_cast<int64_t>(threadIdx.x) * V; j < nt; j += kRowThreads * V) {
+    scalar_t out[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) out[u] = static_cast<scalar_t>(exp(logit[j + u] - st.m) * inv_s);
+    store_vec<V>(p + base + j, out);
+  }
+  if (threadIdx.x == 0) pu[row] = static_cast<scalar_t>(exp(bin - st.m) * inv_s);
+}
+
 // Per row: gl = s (G - sum(G s)) with s = [P, Pu]; writes grad_corr, grad_g and the bin's gl.
 template <typename scalar_t, typename acc_t, int V>
 __global__ void calibrate_backward_kernel(const scalar_t* __restrict__ gp, const scalar_t* __restrict__ gu,
@@ -81,7 +135,7 @@ __global__ void calibrate_backward_kernel(const scalar_t* __restrict__ gp, const
                                           const scalar_t* __restrict__ corr, const scalar_t* __restrict__ g,
                                           int64_t rows, int64_t nt, Calib<acc_t> k,
                                           scalar_t* __restrict__ gcorr, scalar_t* __restrict__ gg,
-                                          acc_t* __restrict__ gbin_rows) {
+                                          double* __restrict__ gbin_rows) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
   if (row >= rows) return;  // warp-uniform
   const int64_t base = row * nt;
@@ -111,31 +165,20 @@ __global__ void calibrate_backward_kernel(const scalar_t* __restrict__ gp, const
     store_vec<V>(gcorr + base + j, oc);
     store_vec<V>(gg + base + j, og);
   }
-  if (threadIdx.x == 0) gbin_rows[row] = pur * (gur - dot);
+  if (threadIdx.x == 0) gbin_rows[row] = static_cast<double>(pur) * (static_cast<double>(gur) - dot);
 }
 
-// grad_bin = sum over all rows (one block, fixed order).
-template <typename scalar_t, typename acc_t>
-__global__ void sum_rows_kernel(const acc_t* __restrict__ v, int64_t n, scalar_t* __restrict__ out) {
-  acc_t s = 0;
+// grad_bin = sum over all rows (one block, fixed order), in double: B * Ns terms.
+template <typename scalar_t>
+__global__ void sum_rows_kernel(const double* __restrict__ v, int64_t n, scalar_t* __restrict__ out) {
+  double s = 0;
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) s += v[k];
   s = block_sum(s);
   if (threadIdx.x == 0) *out = static_cast<scalar_t>(s);
 }
 
-void check_pair(const at::Tensor& corr, const at::Tensor& g) {
-  check_volume(corr, "corr");
-  check_cuda(corr, "corr");
-  check_volume(g, "g");
-  check_same_device(g, "g", corr, "corr");
-  check_same_dtype(g, "g", corr, "corr");
-  TORCH_CHECK_VALUE(g.sizes() == corr.sizes(), "scc: `g` must have the shape of `corr` ", shape_str(corr),
-                    ", got ", shape_str(g));
-}
-
 template <typename acc_t>
 Calib<acc_t> make_calib(double lam, double tau, double eps) {
-  TORCH_CHECK_VALUE(tau != 0, "scc: `tau` must be non-zero");
   return {static_cast<acc_t>(lam), static_cast<acc_t>(1.0 / tau), static_cast<acc_t>(eps)};
 }
 
@@ -143,10 +186,6 @@ Calib<acc_t> make_calib(double lam, double tau, double eps) {
 
 std::tuple<at::Tensor, at::Tensor> calibrate(const at::Tensor& corr_in, const at::Tensor& g_in, double lam,
                                              double tau, const at::Tensor& bin_logit_in, double eps) {
-  check_pair(corr_in, g_in);
-  check_rank(bin_logit_in, 0, "bin_logit", "()");
-  check_same_device(bin_logit_in, "bin_logit", corr_in, "corr");
-  check_same_dtype(bin_logit_in, "bin_logit", corr_in, "corr");
   const c10::cuda::CUDAGuard guard(corr_in.device());
   const at::Tensor corr = corr_in.contiguous(), g = g_in.contiguous();
   const int64_t batch = corr.size(0), ns = vol_ns(corr), nt = vol_nt(corr), rows = batch * ns;
@@ -161,7 +200,13 @@ std::tuple<at::Tensor, at::Tensor> calibrate(const at::Tensor& corr_in, const at
     const scalar_t* bp = bin_logit_in.const_data_ptr<scalar_t>();
     scalar_t* pp = p.mutable_data_ptr<scalar_t>();
     scalar_t* pup = pu.mutable_data_ptr<scalar_t>();
-    if (can_vec4<scalar_t>(nt, {cp, gp, pp})) {
+    const int64_t smem = nt * static_cast<int64_t>(sizeof(acc_t));
+    const bool vec = can_vec4<scalar_t>(nt, {cp, gp, pp});
+    if (smem <= kRowSmem && vec) {
+      calibrate_row_kernel<scalar_t, acc_t, 4><<<rows, kRowThreads, smem, stream>>>(cp, gp, bp, nt, k, pp, pup);
+    } else if (smem <= kRowSmem) {
+      calibrate_row_kernel<scalar_t, acc_t, 1><<<rows, kRowThreads, smem, stream>>>(cp, gp, bp, nt, k, pp, pup);
+    } else if (vec) {
       calibrate_kernel<scalar_t, acc_t, 4><<<row_grid(rows), row_block(), 0, stream>>>(cp, gp, bp, rows, nt, k, pp, pup);
     } else {
       calibrate_kernel<scalar_t, acc_t, 1><<<row_grid(rows), row_block(), 0, stream>>>(cp, gp, bp, rows, nt, k, pp, pup);
@@ -175,27 +220,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> calibrate_backward(
     const at::Tensor& grad_P_in, const at::Tensor& grad_unmatched_in, const at::Tensor& P_in,
     const at::Tensor& P_unmatched_in, const at::Tensor& corr_in, const at::Tensor& g_in, double lam, double tau,
     double eps) {
-  check_pair(corr_in, g_in);
-  const int64_t batch = corr_in.size(0), ns = vol_ns(corr_in), nt = vol_nt(corr_in), rows = batch * ns;
-  const std::pair<const at::Tensor*, const char*> probs[] = {{&grad_P_in, "grad_P"}, {&P_in, "P"}};
-  for (const auto& [t, name] : probs) {
-    check_rank(*t, 3, name, "(B, Ns, Nt)");
-    check_same_device(*t, name, corr_in, "corr");
-    check_same_dtype(*t, name, corr_in, "corr");
-    TORCH_CHECK_VALUE(t->size(0) == batch && t->size(1) == ns && t->size(2) == nt, "scc: `", name,
-                      "` must have shape (", batch, ", ", ns, ", ", nt, "), got ", shape_str(*t));
-  }
-  const std::pair<const at::Tensor*, const char*> bins[] = {{&grad_unmatched_in, "grad_unmatched"},
-                                                            {&P_unmatched_in, "P_unmatched"}};
-  for (const auto& [t, name] : bins) {
-    check_rank(*t, 2, name, "(B, Ns)");
-    check_same_device(*t, name, corr_in, "corr");
-    check_same_dtype(*t, name, corr_in, "corr");
-    TORCH_CHECK_VALUE(t->size(0) == batch && t->size(1) == ns, "scc: `", name, "` must have shape (", batch, ", ",
-                      ns, "), got ", shape_str(*t));
-  }
   const c10::cuda::CUDAGuard guard(corr_in.device());
   const at::Tensor corr = corr_in.contiguous(), g = g_in.contiguous();
+  const int64_t rows = corr.size(0) * vol_ns(corr), nt = vol_nt(corr);
   const at::Tensor gp = grad_P_in.contiguous(), gu = grad_unmatched_in.contiguous();
   const at::Tensor p = P_in.contiguous(), pu = P_unmatched_in.contiguous();
   at::Tensor gcorr = alloc_output(corr.sizes(), corr.options());
@@ -205,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> calibrate_backward(
   SCC_DISPATCH_FLOATING(corr.scalar_type(), "scc_calibrate_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Calib<acc_t> k = make_calib<acc_t>(lam, tau, eps);
-    at::Tensor gbin_rows = at::empty({rows}, corr.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    at::Tensor gbin_rows = at::empty({rows}, corr.options().dtype(at::kDouble));
     const scalar_t* a = gp.const_data_ptr<scalar_t>();
     const scalar_t* pp = p.const_data_ptr<scalar_t>();
     const scalar_t* cp = corr.const_data_ptr<scalar_t>();
@@ -215,14 +242,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> calibrate_backward(
     if (can_vec4<scalar_t>(nt, {a, pp, cp, gv, oc, og})) {
       calibrate_backward_kernel<scalar_t, acc_t, 4><<<row_grid(rows), row_block(), 0, stream>>>(
           a, gu.const_data_ptr<scalar_t>(), pp, pu.const_data_ptr<scalar_t>(), cp, gv, rows, nt, k, oc, og,
-          gbin_rows.mutable_data_ptr<acc_t>());
+          gbin_rows.mutable_data_ptr<double>());
     } else {
       calibrate_backward_kernel<scalar_t, acc_t, 1><<<row_grid(rows), row_block(), 0, stream>>>(
           a, gu.const_data_ptr<scalar_t>(), pp, pu.const_data_ptr<scalar_t>(), cp, gv, rows, nt, k, oc, og,
-          gbin_rows.mutable_data_ptr<acc_t>());
+          gbin_rows.mutable_data_ptr<double>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sum_rows_kernel<scalar_t, acc_t><<<1, 1024, 0, stream>>>(gbin_rows.const_data_ptr<acc_t>(), rows,
+    sum_rows_kernel<scalar_t><<<1, 1024, 0, stream>>>(gbin_rows.const_data_ptr<double>(), rows,
                                                               gbin.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -275,40 +275,20 @@ void dispatch_k_cob(int64_t k, int cob, F&& f) {
   switch (k) {
     case 3: by_cob(std::integral_constant<int, 3>{}); break;
     case 5: by_cob(std::integral_constant<int, 5>{}); break;
-    case 7: by_cob(std::integral_constant<int, 7>{}); break;
-    default: TORCH_CHECK_VALUE(false, "scc: conv4d on CUDA supports kernel sizes 3, 5 and 7, got ", k);
+    default: by_cob(std::integral_constant<int, 7>{}); break;  // k is 3, 5 or 7 (checked by register.cpp)
   }
 }
 
-Geo check_conv(const at::Tensor& x, const at::Tensor& weight) {
-  check_rank(x, 6, "x", "(B, Cin, hs, ws, ht, wt)");
-  check_floating(x, "x");
-  check_nonempty(x, "x");
-  check_cuda(x, "x");
-  check_rank(weight, 6, "weight", "(Cout, Cin, k, k, k, k)");
-  check_same_device(weight, "weight", x, "x");
-  check_same_dtype(weight, "weight", x, "x");
-  check_nonempty(weight, "weight");
-  check_dim_eq(weight.size(1), x.size(1), "weight.shape[1] (Cin, = x.shape[1])");
-  const int64_t k = weight.size(2);
-  for (int d = 3; d < 6; ++d) check_dim_eq(weight.size(d), k, "weight kernel extent (all four must be equal)");
-  TORCH_CHECK_VALUE(k % 2 == 1, "scc: conv4d kernel size must be odd, got ", k);
-  TORCH_CHECK_VALUE(x.size(0) * x.size(2) * x.size(3) <= INT32_MAX && weight.size(0) <= 65535 * 16 &&
-                        x.size(1) * k * k <= 65535,
-                    "scc: conv4d: sizes too large for the CUDA grid");
+// Arguments are checked by the caller (register.cpp): 6-D, same dtype and device, K in {3, 5, 7},
+// sizes that fit the grids.
+Geo geometry(const at::Tensor& x, const at::Tensor& weight) {
   return {x.size(0), x.size(1), weight.size(0), x.size(2), x.size(3), x.size(4), x.size(5)};
 }
 
 }  // namespace
 
 at::Tensor conv4d(const at::Tensor& x_in, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias_in) {
-  const Geo g = check_conv(x_in, weight_in);
-  if (bias_in.has_value()) {
-    check_rank(*bias_in, 1, "bias", "(Cout,)");
-    check_same_device(*bias_in, "bias", x_in, "x");
-    check_same_dtype(*bias_in, "bias", x_in, "x");
-    check_dim_eq(bias_in->size(0), g.cout, "bias.shape[0] (Cout, = weight.shape[0])");
-  }
+  const Geo g = geometry(x_in, weight_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), w = weight_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
@@ -327,12 +307,7 @@ at::Tensor conv4d(const at::Tensor& x_in, const at::Tensor& weight_in, const std
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv4d_backward(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                                const at::Tensor& weight_in, bool bias_defined) {
-  const Geo g = check_conv(x_in, weight_in);
-  check_same_device(grad_in, "grad", x_in, "x");
-  check_same_dtype(grad_in, "grad", x_in, "x");
-  const std::vector<int64_t> out_shape{g.batch, g.cout, g.h1, g.w1, g.h2, g.w2};
-  TORCH_CHECK_VALUE(grad_in.sizes() == at::IntArrayRef(out_shape), "scc: `grad` must have shape ",
-                    at::IntArrayRef(out_shape), ", got ", shape_str(grad_in));
+  const Geo g = geometry(x_in, weight_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), w = weight_in.contiguous(), grad = grad_in.contiguous();
   // grad_x = conv4d(grad, w') with w'[c, o, q] = w[o, c, K-1-q] (odd K: the padding stays centred).

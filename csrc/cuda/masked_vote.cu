@@ -11,7 +11,7 @@
 #include "cuda/utils.cuh"
 #include "ops.h"
 
-#include <string>
+#include <cmath>
 
 namespace scc {
 namespace cuda {
@@ -349,30 +349,8 @@ struct Checked {
   bool local;
 };
 
-Checked check_args(const at::Tensor& corr, const at::Tensor& ms, const at::Tensor& mt, c10::string_view mode,
-                   int64_t radius, double sigma) {
-  check_rank(corr, 5, "corr", "(B, hs, ws, ht, wt)");
-  check_floating(corr, "corr");
-  check_nonempty(corr, "corr");
-  check_cuda(corr, "corr");
-  check_rank(ms, 3, "mask_s", "(B, hs, ws)");
-  check_rank(mt, 3, "mask_t", "(B, ht, wt)");
-  check_same_device(ms, "mask_s", corr, "corr");
-  check_same_device(mt, "mask_t", corr, "corr");
-  check_same_dtype(ms, "mask_s", corr, "corr");
-  check_same_dtype(mt, "mask_t", corr, "corr");
-  check_dim_eq(ms.size(0), corr.size(0), "mask_s batch size (corr.shape[0])");
-  check_dim_eq(ms.size(1), corr.size(1), "mask_s height (corr.shape[1] = hs)");
-  check_dim_eq(ms.size(2), corr.size(2), "mask_s width (corr.shape[2] = ws)");
-  check_dim_eq(mt.size(0), corr.size(0), "mask_t batch size (corr.shape[0])");
-  check_dim_eq(mt.size(1), corr.size(3), "mask_t height (corr.shape[3] = ht)");
-  check_dim_eq(mt.size(2), corr.size(4), "mask_t width (corr.shape[4] = wt)");
-  TORCH_CHECK_VALUE(mode == "local" || mode == "global", "scc: `mode` must be 'local' or 'global', got '",
-                    std::string(mode), "'");
-  TORCH_CHECK_VALUE(radius >= 0, "scc: `radius` must be >= 0, got ", radius);
-  TORCH_CHECK_VALUE(sigma > 0, "scc: `sigma` must be > 0, got ", sigma);
-  TORCH_CHECK_VALUE(corr.size(0) <= 65535, "scc: masked_vote: batch size must be <= 65535 on CUDA, got ",
-                    corr.size(0));
+// Arguments are checked by the caller (register.cpp): shapes, dtypes, devices, mode, radius >= 0, sigma > 0.
+Checked make_dims(const at::Tensor& corr, c10::string_view mode, int64_t radius, double sigma) {
   const int64_t rho = static_cast<int64_t>(std::ceil(2.0 * sigma));
   return {Dims{corr.size(0), corr.size(1), corr.size(2), corr.size(3), corr.size(4), radius, rho}, mode == "local"};
 }
@@ -381,7 +359,7 @@ Checked check_args(const at::Tensor& corr, const at::Tensor& ms, const at::Tenso
 
 at::Tensor masked_vote(const at::Tensor& corr_in, const at::Tensor& mask_s_in, const at::Tensor& mask_t_in,
                        c10::string_view mode, int64_t radius, double sigma, double eps) {
-  const Checked a = check_args(corr_in, mask_s_in, mask_t_in, mode, radius, sigma);
+  const Checked a = make_dims(corr_in, mode, radius, sigma);
   const Dims& d = a.d;
   const c10::cuda::CUDAGuard guard(corr_in.device());
   const at::Tensor corr = corr_in.contiguous(), ms = mask_s_in.contiguous(), mt = mask_t_in.contiguous();
@@ -412,12 +390,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
                                                                     const at::Tensor& mask_t_in,
                                                                     c10::string_view mode, int64_t radius,
                                                                     double sigma, double eps) {
-  const Checked a = check_args(corr_in, mask_s_in, mask_t_in, mode, radius, sigma);
+  const Checked a = make_dims(corr_in, mode, radius, sigma);
   const Dims& d = a.d;
-  check_same_device(grad_in, "grad", corr_in, "corr");
-  check_same_dtype(grad_in, "grad", corr_in, "corr");
-  TORCH_CHECK_VALUE(grad_in.sizes() == corr_in.sizes(), "scc: `grad` must have the shape of `corr` ",
-                    shape_str(corr_in), ", got ", shape_str(grad_in));
   const c10::cuda::CUDAGuard guard(corr_in.device());
   const at::Tensor corr = corr_in.contiguous(), ms = mask_s_in.contiguous(), mt = mask_t_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();
@@ -462,7 +436,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
         gw, cp, msp, mtp, rows, d.ns(), d.nt(), gcorr.mutable_data_ptr<scalar_t>(), gms.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t nchunks = ceil_div(d.ns(), kColChunk);
-    TORCH_CHECK(nchunks <= 65535, "scc: masked_vote_backward: source grid too large for the CUDA kernel");
     at::Tensor cpart = acc_empty<acc_t>(d.batch * nchunks * d.nt(), corr);
     grad_mt_partial_kernel<scalar_t, acc_t><<<dim3(ceil_div(d.nt(), kThreads), nchunks, d.batch), kThreads, 0, stream>>>(
         gw, cp, msp, d.ns(), d.nt(), cpart.mutable_data_ptr<acc_t>());

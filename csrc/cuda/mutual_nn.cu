@@ -1,6 +1,7 @@
 // mutual_nn on CUDA: C'_ij = C_ij^3 / ((max_i' C_i'j + eps) (max_j' C_ij' + eps)) on the flat view
-// (B, Ns, Nt). Memory-bound: row maxima (one warp per row), column maxima (coalesced per-column
-// partials over row chunks, then a tiny reduction over the chunks), then one elementwise pass.
+// (B, Ns, Nt). Memory-bound: one pass reads the volume once for both maxima (a block owns a chunk of
+// rows x a tile of columns: per-(row, tile) and per-(chunk, column) partial maxima), two tiny
+// kernels reduce the partials, then one elementwise pass writes the result.
 // Maxima carry their first argmax (torch.max(dim) semantics), which the backward needs.
 #include "common.h"
 #include "cuda/utils.cuh"
@@ -11,68 +12,115 @@ namespace cuda {
 namespace {
 
 constexpr int kColThreads = 256;
-constexpr int kColChunk = 32;  // rows per column-partial block
+constexpr int kColChunk = 32;  // rows per column-partial block (backward)
+constexpr int kMaxThreads = 256;
+constexpr int kMaxWarps = kMaxThreads / kWarp;
+constexpr int kMaxRows = 64;   // rows per block of the fused maxima pass
+constexpr int kMaxVecs = 2;    // vectors of V columns per thread and row: a tile is 2 * 256 * V columns
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t mnn_value(acc_t x, acc_t cm, acc_t rm, acc_t eps) {
   return x * (x / (cm + eps)) * (x / (rm + eps));
 }
 
-// Row maxima with first argmax: one warp per row (threadIdx.y picks the row, so exits are warp-uniform).
+// A partial maximum with a 32-bit index; i < 0 means empty. The larger value wins, a tie goes to the
+// smaller index, so partials may be combined in any order.
+template <typename acc_t>
+struct Arg {
+  acc_t v;
+  int i;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ Arg<acc_t> arg_better(Arg<acc_t> a, Arg<acc_t> b) {
+  return (b.i >= 0 && (a.i < 0 || b.v > a.v || (b.v == a.v && b.i < a.i))) ? b : a;
+}
+
+// Row and column partial maxima in one read of the volume. Block (tile, chunk, b) scans rows
+// [chunk * kMaxRows, +kMaxRows) over columns [tile * 2 * 256 * V, +2 * 256 * V): each thread keeps
+// the column maxima of its 2V columns in registers (rows in increasing order: first argmax), and each
+// row's maximum over the tile is reduced per warp (shuffles) and then over the warps (shared memory).
 template <typename scalar_t, typename acc_t, int V>
-__global__ void row_max_kernel(const scalar_t* __restrict__ c, int64_t rows, int64_t nt,
-                               acc_t* __restrict__ rmax, int64_t* __restrict__ rarg) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
-  if (row >= rows) return;
-  const scalar_t* p = c + row * nt;
-  MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
-  for (int64_t j = static_cast<int64_t>(threadIdx.x) * V; j < nt; j += kWarp * V) {
-    scalar_t x[V];
-    load_vec<V>(p + j, x);
+__global__ void __launch_bounds__(kMaxThreads)
+    maxima_partial_kernel(const scalar_t* __restrict__ c, int64_t ns, int64_t nt, Arg<acc_t>* __restrict__ rpart,
+                          Arg<acc_t>* __restrict__ cpart) {
+  constexpr int kTile = kMaxVecs * kMaxThreads * V;
+  __shared__ acc_t wv[kMaxRows][kMaxWarps];
+  __shared__ int wi[kMaxRows][kMaxWarps];
+  const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
+  const int64_t tile = blockIdx.x, chunk = blockIdx.y, b = blockIdx.z;
+  const int64_t ntiles = gridDim.x, nchunks = gridDim.y;
+  const int64_t i0 = chunk * kMaxRows, nrows = min(static_cast<int64_t>(kMaxRows), ns - i0);
+  const int64_t col0 = tile * kTile + static_cast<int64_t>(tid) * V;
+  const scalar_t* base = c + (b * ns + i0) * nt;
+  Arg<acc_t> cm[kMaxVecs][V];
 #pragma unroll
-    for (int u = 0; u < V; ++u) {
-      const acc_t v = static_cast<acc_t>(x[u]);
-      if (v > m.v || m.i == INT64_MAX) m = {v, j + u};
+  for (int k = 0; k < kMaxVecs; ++k)
+#pragma unroll
+    for (int u = 0; u < V; ++u) cm[k][u] = {acc_t(0), -1};
+  for (int r = 0; r < nrows; ++r) {
+    Arg<acc_t> rm{acc_t(0), -1};
+#pragma unroll
+    for (int k = 0; k < kMaxVecs; ++k) {
+      const int64_t j = col0 + k * kMaxThreads * V;
+      if (j < nt) {  // V divides nt on the vector path: a vector is wholly inside or outside
+        scalar_t x[V];
+        load_vec<V>(base + r * nt + j, x);
+#pragma unroll
+        for (int u = 0; u < V; ++u) {
+          const acc_t v = static_cast<acc_t>(x[u]);
+          if (v > cm[k][u].v || cm[k][u].i < 0) cm[k][u] = {v, static_cast<int>(i0) + r};
+          if (v > rm.v || rm.i < 0) rm = {v, static_cast<int>(j - tile * kTile) + u};
+        }
+      }
+    }
+#pragma unroll
+    for (int o = kWarp / 2; o > 0; o /= 2)
+      rm = arg_better(rm, Arg<acc_t>{__shfl_xor_sync(0xffffffffu, rm.v, o), __shfl_xor_sync(0xffffffffu, rm.i, o)});
+    if (lane == 0) {
+      wv[r][warp] = rm.v;
+      wi[r][warp] = rm.i;
     }
   }
-  m = warp_max_idx(m);
-  if (threadIdx.x == 0) {
-    rmax[row] = m.v;
-    rarg[row] = m.i;
+#pragma unroll
+  for (int k = 0; k < kMaxVecs; ++k) {
+    const int64_t j = col0 + k * kMaxThreads * V;
+#pragma unroll
+    for (int u = 0; u < V; ++u)
+      if (j + u < nt) cpart[(b * nchunks + chunk) * nt + j + u] = cm[k][u];
+  }
+  __syncthreads();
+  if (tid < nrows) {
+    Arg<acc_t> m{wv[tid][0], wi[tid][0]};
+    for (int w = 1; w < kMaxWarps; ++w) m = arg_better(m, Arg<acc_t>{wv[tid][w], wi[tid][w]});
+    rpart[(b * ns + i0 + tid) * ntiles + tile] = m;  // index relative to the tile
   }
 }
 
-// Column partial maxima: a thread per column scans kColChunk rows (a warp reads contiguous memory).
-template <typename scalar_t, typename acc_t>
-__global__ void col_max_partial_kernel(const scalar_t* __restrict__ c, int64_t ns, int64_t nt,
-                                       acc_t* __restrict__ pv, int64_t* __restrict__ pi) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kColThreads + threadIdx.x;
-  if (j >= nt) return;
-  const int64_t chunk = blockIdx.y, b = blockIdx.z, nchunks = gridDim.y;
-  const int64_t i0 = chunk * kColChunk, i1 = min(ns, i0 + kColChunk);
-  const scalar_t* p = c + b * ns * nt + j;
+// Row maxima from the per-tile partials: a thread per row.
+template <typename acc_t, int kTile>
+__global__ void row_max_final_kernel(const Arg<acc_t>* __restrict__ rpart, int64_t rows, int64_t ntiles,
+                                     acc_t* __restrict__ rmax, int64_t* __restrict__ rarg) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= rows) return;
   MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
-#pragma unroll 4
-  for (int64_t i = i0; i < i1; ++i) {
-    const acc_t v = static_cast<acc_t>(p[i * nt]);
-    if (v > m.v || m.i == INT64_MAX) m = {v, i};
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const Arg<acc_t> p = rpart[row * ntiles + t];
+    if (p.i >= 0) m = better(m, MaxIdx<acc_t>{p.v, t * kTile + p.i});
   }
-  const int64_t o = (b * nchunks + chunk) * nt + j;
-  pv[o] = m.v;
-  pi[o] = m.i;
+  rmax[row] = m.v;
+  rarg[row] = m.i;
 }
 
-// Column maxima from the partials: a thread per (b, j).
+// Column maxima from the per-chunk partials (chunks in increasing row order): a thread per (b, j).
 template <typename acc_t>
-__global__ void col_max_final_kernel(const acc_t* __restrict__ pv, const int64_t* __restrict__ pi,
-                                     int64_t batch, int64_t nchunks, int64_t nt,
-                                     acc_t* __restrict__ cmax, int64_t* __restrict__ carg) {
+__global__ void col_max_final_kernel(const Arg<acc_t>* __restrict__ cpart, int64_t batch, int64_t nchunks,
+                                     int64_t nt, acc_t* __restrict__ cmax, int64_t* __restrict__ carg) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= batch * nt) return;
   const int64_t b = t / nt, j = t % nt;
-  const int64_t base = b * nchunks * nt + j;
-  MaxIdx<acc_t> m{pv[base], pi[base]};
-  for (int64_t k = 1; k < nchunks; ++k) m = better(m, MaxIdx<acc_t>{pv[base + k * nt], pi[base + k * nt]});
+  Arg<acc_t> m = cpart[b * nchunks * nt + j];
+  for (int64_t k = 1; k < nchunks; ++k) m = arg_better(m, cpart[(b * nchunks + k) * nt + j]);
   cmax[t] = m.v;
   carg[t] = m.i;
 }
@@ -192,39 +240,46 @@ struct Maxima {
   at::Tensor rmax, rarg, cmax, carg;
 };
 
+template <typename scalar_t, typename acc_t, int V>
+void launch_maxima(const scalar_t* cp, int64_t batch, int64_t ns, int64_t nt, const Maxima& m,
+                   const at::Tensor& like, cudaStream_t stream) {
+  constexpr int kTile = kMaxVecs * kMaxThreads * V;
+  const int64_t ntiles = ceil_div(nt, kTile), nchunks = ceil_div(ns, kMaxRows), rows = batch * ns;
+  const int64_t rec = sizeof(Arg<acc_t>);
+  at::Tensor rpart = at::empty({rows * ntiles * rec}, like.options().dtype(at::kByte));
+  at::Tensor cpart = at::empty({batch * nchunks * nt * rec}, like.options().dtype(at::kByte));
+  auto* rp = reinterpret_cast<Arg<acc_t>*>(rpart.mutable_data_ptr());
+  auto* cpp = reinterpret_cast<Arg<acc_t>*>(cpart.mutable_data_ptr());
+  maxima_partial_kernel<scalar_t, acc_t, V><<<dim3(ntiles, nchunks, batch), kMaxThreads, 0, stream>>>(cp, ns, nt, rp,
+                                                                                                      cpp);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  row_max_final_kernel<acc_t, kTile><<<ceil_div(rows, 256), 256, 0, stream>>>(
+      rp, rows, ntiles, m.rmax.mutable_data_ptr<acc_t>(), m.rarg.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  col_max_final_kernel<acc_t><<<ceil_div(batch * nt, 256), 256, 0, stream>>>(
+      cpp, batch, nchunks, nt, m.cmax.mutable_data_ptr<acc_t>(), m.carg.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Row and column maxima with first argmax. Arguments are checked by the caller (register.cpp):
+// batch and ceil(ns / 32) fit a grid axis, nt and ns fit int32.
 template <typename scalar_t, typename acc_t>
 Maxima compute_maxima(const at::Tensor& c, int64_t batch, int64_t ns, int64_t nt, cudaStream_t stream) {
-  const int64_t rows = batch * ns, nchunks = ceil_div(ns, kColChunk);
-  TORCH_CHECK(nchunks <= 65535 && batch <= 65535, "scc: mutual_nn: volume too large for the CUDA kernel");
+  const int64_t rows = batch * ns;
   Maxima m{acc_empty<acc_t>(rows, c), at::empty({rows}, c.options().dtype(at::kLong)),
            acc_empty<acc_t>(batch * nt, c), at::empty({batch * nt}, c.options().dtype(at::kLong))};
   const scalar_t* cp = c.const_data_ptr<scalar_t>();
   if (can_vec4<scalar_t>(nt, {cp})) {
-    row_max_kernel<scalar_t, acc_t, 4><<<row_grid(rows), row_block(), 0, stream>>>(
-        cp, rows, nt, m.rmax.mutable_data_ptr<acc_t>(), m.rarg.mutable_data_ptr<int64_t>());
+    launch_maxima<scalar_t, acc_t, 4>(cp, batch, ns, nt, m, c, stream);
   } else {
-    row_max_kernel<scalar_t, acc_t, 1><<<row_grid(rows), row_block(), 0, stream>>>(
-        cp, rows, nt, m.rmax.mutable_data_ptr<acc_t>(), m.rarg.mutable_data_ptr<int64_t>());
+    launch_maxima<scalar_t, acc_t, 1>(cp, batch, ns, nt, m, c, stream);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  at::Tensor pv = acc_empty<acc_t>(batch * nchunks * nt, c);
-  at::Tensor pi = at::empty({batch * nchunks * nt}, c.options().dtype(at::kLong));
-  const dim3 pgrid(ceil_div(nt, kColThreads), nchunks, batch);
-  col_max_partial_kernel<scalar_t, acc_t><<<pgrid, kColThreads, 0, stream>>>(
-      cp, ns, nt, pv.mutable_data_ptr<acc_t>(), pi.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  col_max_final_kernel<acc_t><<<ceil_div(batch * nt, 256), 256, 0, stream>>>(
-      pv.const_data_ptr<acc_t>(), pi.const_data_ptr<int64_t>(), batch, nchunks, nt,
-      m.cmax.mutable_data_ptr<acc_t>(), m.carg.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return m;
 }
 
 }  // namespace
 
 at::Tensor mutual_nn(const at::Tensor& corr_in, double eps) {
-  check_volume(corr_in, "corr");
-  check_cuda(corr_in, "corr");
   const c10::cuda::CUDAGuard guard(corr_in.device());
   const at::Tensor c = corr_in.contiguous();
   const int64_t batch = c.size(0), ns = vol_ns(c), nt = vol_nt(c), rows = batch * ns;
@@ -249,13 +304,6 @@ at::Tensor mutual_nn(const at::Tensor& corr_in, double eps) {
 }
 
 at::Tensor mutual_nn_backward(const at::Tensor& grad_in, const at::Tensor& corr_in, double eps) {
-  check_volume(corr_in, "corr");
-  check_cuda(corr_in, "corr");
-  check_floating(grad_in, "grad");
-  check_same_device(grad_in, "grad", corr_in, "corr");
-  check_same_dtype(grad_in, "grad", corr_in, "corr");
-  TORCH_CHECK_VALUE(grad_in.sizes() == corr_in.sizes(), "scc: `grad` must have the shape of `corr` ",
-                    shape_str(corr_in), ", got ", shape_str(grad_in));
   const c10::cuda::CUDAGuard guard(corr_in.device());
   const at::Tensor c = corr_in.contiguous(), g = grad_in.contiguous();
   const int64_t batch = c.size(0), ns = vol_ns(c), nt = vol_nt(c), rows = batch * ns;

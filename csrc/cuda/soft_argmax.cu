@@ -127,24 +127,10 @@ std::vector<int64_t> lead_shape(const at::Tensor& p) {
                       : std::vector<int64_t>{p.size(0), p.size(1)};
 }
 
-void check_p(const at::Tensor& p, int64_t ht, int64_t wt, int64_t window, double beta) {
-  check_volume(p, "P");
-  check_cuda(p, "P");
-  TORCH_CHECK_VALUE(ht > 0 && wt > 0 && ht * wt == vol_nt(p), "scc: `ht` * `wt` must equal the number of target ",
-                    "cells of `P` (", vol_nt(p), "), got ht = ", ht, ", wt = ", wt);
-  if (p.dim() == 5) {
-    check_dim_eq(p.size(3), ht, "P.shape[3] (ht)");
-    check_dim_eq(p.size(4), wt, "P.shape[4] (wt)");
-  }
-  TORCH_CHECK_VALUE(window >= -1, "scc: `window` must be -1 (all cells) or >= 0, got ", window);
-  TORCH_CHECK_VALUE(beta > 0, "scc: `beta` must be > 0, got ", beta);
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> soft_argmax(const at::Tensor& P_in, int64_t ht, int64_t wt, int64_t window,
                                                double beta) {
-  check_p(P_in, ht, wt, window, beta);
   const c10::cuda::CUDAGuard guard(P_in.device());
   const at::Tensor p = P_in.contiguous();
   const int64_t rows = p.size(0) * vol_ns(p);
@@ -166,24 +152,6 @@ std::tuple<at::Tensor, at::Tensor> soft_argmax(const at::Tensor& P_in, int64_t h
 at::Tensor soft_argmax_backward(const at::Tensor& grad_flow_in, const at::Tensor& grad_conf_in,
                                 const at::Tensor& P_in, const at::Tensor& flow_in, int64_t ht, int64_t wt,
                                 int64_t window, double beta) {
-  check_p(P_in, ht, wt, window, beta);
-  std::vector<int64_t> lead = lead_shape(P_in);
-  const at::IntArrayRef conf_shape(lead);
-  TORCH_CHECK_VALUE(grad_conf_in.sizes() == conf_shape, "scc: `grad_conf` must have shape ", conf_shape,
-                    ", got ", shape_str(grad_conf_in));
-  std::vector<int64_t> flow_shape = lead;
-  flow_shape.push_back(2);
-  const std::pair<const at::Tensor*, const char*> flows[] = {{&grad_flow_in, "grad_flow"}, {&flow_in, "flow"}};
-  for (const auto& [t, name] : flows) {
-    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(flow_shape), "scc: `", name, "` must have shape ",
-                      at::IntArrayRef(flow_shape), ", got ", shape_str(*t));
-  }
-  const std::pair<const at::Tensor*, const char*> all[] = {
-      {&grad_flow_in, "grad_flow"}, {&grad_conf_in, "grad_conf"}, {&flow_in, "flow"}};
-  for (const auto& [t, name] : all) {
-    check_same_device(*t, name, P_in, "P");
-    check_same_dtype(*t, name, P_in, "P");
-  }
   const c10::cuda::CUDAGuard guard(P_in.device());
   const at::Tensor p = P_in.contiguous(), flow = flow_in.contiguous();
   const at::Tensor gflow = grad_flow_in.contiguous(), gconf = grad_conf_in.contiguous();

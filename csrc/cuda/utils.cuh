@@ -22,10 +22,6 @@ constexpr int kWarp = 32;
 // "Row" kernels use one warp per row and 8 warps (rows) per block.
 constexpr int kRowsPerBlock = 8;
 
-inline void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), "scc: `", name, "` must be a CUDA tensor, got device ", t.device());
-}
-
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline dim3 row_grid(int64_t rows) { return dim3(static_cast<unsigned>(ceil_div(rows, kRowsPerBlock))); }
