@@ -13,17 +13,28 @@ import site
 import sys
 
 from setuptools import setup
-from torch.utils import cpp_extension
+
+
+def _find_cuda_home():
+    # torch guesses CUDA_HOME from the nvcc on PATH; a wrapper script such as /usr/local/bin/nvcc then
+    # yields /usr/local, which has no lib64/libcudart. Prefer a real toolkit folder.
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    for home in ("/usr/local/cuda", os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("nvcc") or "")))):
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.isdir(os.path.join(home, "lib64")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_find_cuda_home()
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _nvcc_available() -> bool:
-    home = cpp_extension.CUDA_HOME or ("/usr/local/cuda" if os.path.isdir("/usr/local/cuda") else None)
-    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-        os.environ.setdefault("CUDA_HOME", home)
-        return True
-    return shutil.which("nvcc") is not None
+    home = cpp_extension.CUDA_HOME
+    return bool(home) and os.path.exists(os.path.join(home, "bin", "nvcc"))
 
 
 def _want_cuda() -> bool:
@@ -68,4 +79,5 @@ def extensions():
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension},
+    entry_points={"console_scripts": ["scc=scc.cli:main"]},
 )
