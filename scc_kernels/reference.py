@@ -175,6 +175,7 @@ def soft_argmax(P: torch.Tensor, ht: int, wt: int, window: int = -1, beta: float
     P: (B, Ns, Nt) -> flow: (B, Ns, 2), conf: (B, Ns); or P: (B, hs, ws, ht, wt) -> (B, hs, ws, 2), (B, hs, ws).
     j* = argmax_j P_ij; flow_i = sum_{j in W} P_ij^beta x_j / sum_{j in W} P_ij^beta over the
     (2 window + 1)^2 cells around j* (window = -1: all cells); conf_i = P_ij*. flow is (col, row).
+    Where the window's mass is 0 (P underflowed), flow_i = x_j* (no gradient).
     """
     lead = P.shape[:-2] if P.dim() == 5 else P.shape[:-1]
     p = _flat(P)
@@ -187,7 +188,10 @@ def soft_argmax(P: torch.Tensor, ht: int, wt: int, window: int = -1, beta: float
             (x[None, None, :, 0] - col[..., None]).abs() <= window
         )
         weight = weight * within
-    flow = torch.einsum("bnm,mk->bnk", weight, x) / weight.sum(dim=2, keepdim=True)
+    mass = weight.sum(dim=2, keepdim=True)
+    flow = torch.einsum("bnm,mk->bnk", weight, x) / torch.where(mass > 0, mass, torch.ones_like(mass))
+    # A window whose mass is 0 (P underflowed everywhere) falls back to the argmax cell.
+    flow = torch.where(mass > 0, flow, x[arg])
     return flow.reshape(*lead, 2), conf.reshape(lead)
 
 

@@ -286,3 +286,18 @@ def test_torch_compile_fullgraph():
     gc = torch.autograd.grad(out_c, fs)[0]
     ge = torch.autograd.grad(out_e, fs)[0]
     torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("window", [-1, 0, 2])
+def test_soft_argmax_zero_mass_falls_back_to_argmax(window):
+    """A row whose probabilities all underflowed to 0 gets the argmax cell, not NaN."""
+    P = torch.softmax(torch.randn(2, 6, 12, dtype=F64), dim=2)
+    P[0, 3] = 0.0
+    for fn in (K.soft_argmax, R.soft_argmax):
+        flow, conf = fn(P.clone().requires_grad_(), 3, 4, window)
+        assert torch.equal(flow[0, 3].detach(), torch.tensor([0.0, 0.0], dtype=F64))
+        assert conf[0, 3] == 0 and torch.isfinite(flow).all()
+    Pk = P.clone().requires_grad_()
+    flow, conf = K.soft_argmax(Pk, 3, 4, window)
+    (g,) = torch.autograd.grad(flow.sum() + conf.sum(), Pk)
+    assert torch.isfinite(g).all()

@@ -1,6 +1,7 @@
 // soft_argmax: argmax per row, then the P^beta-weighted mean of the cell coordinates over the
 // (2 window + 1)^2 cells around it (all cells for window = -1). One read of each row for the argmax,
 // then only the window is touched, instead of the reference's full-volume mask, power and matmul.
+// Where the window's mass is 0 (all of P underflowed), flow is the argmax cell and has no gradient.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -76,8 +77,9 @@ std::tuple<at::Tensor, at::Tensor> soft_argmax(const at::Tensor& P_in, int64_t h
             sx += v * x;
             sy += v * y;
           }
-        f[2 * r] = sx / s;
-        f[2 * r + 1] = sy / s;
+        // A window whose mass underflowed to 0 falls back to the argmax cell.
+        f[2 * r] = s > 0 ? sx / s : static_cast<scalar_t>(arg % wt);
+        f[2 * r + 1] = s > 0 ? sy / s : static_cast<scalar_t>(arg / wt);
         cf[r] = row[arg];
       }
     });
@@ -113,7 +115,7 @@ at::Tensor soft_argmax_backward(const at::Tensor& gflow_in, const at::Tensor& gc
         for (int64_t y = w.r0; y <= w.r1; ++y)
           for (int64_t x = w.c0; x <= w.c1; ++x) s += powb(row[y * wt + x], bt);
         const scalar_t fx = f[2 * r], fy = f[2 * r + 1], gx = gf[2 * r], gy = gf[2 * r + 1];
-        for (int64_t y = w.r0; y <= w.r1; ++y)
+        for (int64_t y = w.r0; y <= w.r1 && s > 0; ++y)
           for (int64_t x = w.c0; x <= w.c1; ++x) {
             const scalar_t v = row[y * wt + x];
             const scalar_t dpow = bt == scalar_t(1) ? scalar_t(1) : bt * std::pow(v, bt - 1);

@@ -1,0 +1,144 @@
+"""The `scc` command: `scc eval` (PCK with the protocol written down) and `scc match` (a picture)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import config as cfgmod
+from .evaluate import EvalConfig, evaluate, format_table, write_report
+from .model import ModelConfig, SCCNet
+
+
+def _model(args) -> SCCNet:
+    if getattr(args, "checkpoint", None):
+        if args.model_config or args.set_model:
+            raise SystemExit("scc: --checkpoint carries its own model config; drop --model-config/--set-model")
+        return SCCNet.from_checkpoint(args.checkpoint)
+    return SCCNet(cfgmod.load(ModelConfig, args.model_config, args.set_model))
+
+
+def _dataset(name: str, root: str, img_size: int):
+    from .data import make_dataset
+
+    return make_dataset(name, root, img_size)
+
+
+def cmd_eval(args) -> int:
+    cfg = cfgmod.load(EvalConfig, args.config, args.set)
+    overrides = {k: v for k, v in dict(dataset=args.dataset, data=args.data, device=args.device,
+                                       max_pairs=args.max_pairs, img_size=args.img_size).items() if v is not None}
+    cfg = cfgmod.apply_overrides(cfg, overrides)
+    torch.manual_seed(cfg.seed)
+    model = _model(args)
+    report = evaluate(model, _dataset(cfg.dataset, cfg.data, cfg.img_size), cfg)
+    report["command"] = " ".join(["scc"] + sys.argv[1:])
+    out = Path(args.out or f"results/eval-{cfg.dataset}.json")
+    write_report(report, str(out))
+    cfgmod.save_yaml(cfg, out.with_suffix(".eval.yaml"))
+    cfgmod.save_yaml(model.config, out.with_suffix(".model.yaml"))
+    print(format_table(report))
+    p = report["protocol"]
+    print(f"threshold {p['threshold']} of the {p['threshold_image']} image, {p['image_size']}, "
+          f"{p['pairs_evaluated']} pairs; report: {out}")
+    if args.plot:
+        from .visualize import plot_pck_per_category
+
+        plot_pck_per_category(report, str(out.with_suffix(".png")))
+    return 0
+
+
+def cmd_match(args) -> int:
+    from .data.common import load_image, resize_longer
+    from .visualize import draw_matches, draw_transfer
+
+    device = torch.device(args.device)
+    model = _model(args).to(device).eval()
+    if args.pair is not None:
+        if not args.dataset or not args.data:
+            raise SystemExit("scc: --pair needs --dataset and --data")
+        from .evaluate import threshold_size
+
+        ds = _dataset(args.dataset, args.data, args.img_size)
+        item = ds[args.pair]
+        src, trg = item["src_img"], item["trg_img"]
+        with torch.no_grad():
+            out = model.match(src[None].to(device), trg[None].to(device))
+            n = item["n_pts"]
+            pred = model.transfer_keypoints(item["src_kps"][None].to(device), out)[0, :n].cpu()
+        batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in item.items()}
+        thr = 0.1 * threshold_size(batch, "bbox-kp")
+        draw_transfer(src, trg, item["src_kps"][:n], item["trg_kps"][:n], pred, thr, args.out,
+                      title=f"{item['category']}: {item['src_imname']} -> {item['trg_imname']} "
+                            f"(green: within 0.1 bbox-kp)")
+        print(f"wrote {args.out}")
+        return 0
+    if not args.images or len(args.images) != 2:
+        raise SystemExit("scc: give two images (IMG_A IMG_B) or --pair N with --dataset/--data")
+    src, _ = resize_longer(load_image(args.images[0]), args.img_size)
+    trg, _ = resize_longer(load_image(args.images[1]), args.img_size)
+    with torch.no_grad():
+        out = model.match(src[None].to(device), trg[None].to(device))
+    flow, conf = out["flow"][0].cpu(), out["conf"][0].cpu()
+    hs, ws = flow.shape[:2]
+    rows, cols = torch.meshgrid(torch.arange(hs), torch.arange(ws), indexing="ij")
+    src_cells = torch.stack([cols, rows], -1).reshape(-1, 2).float()
+    from .geometry import cell_to_pixel
+
+    draw_matches(src, trg, cell_to_pixel(src_cells, model.stride), cell_to_pixel(flow.reshape(-1, 2), model.stride),
+                 conf.reshape(-1), args.out, title=f"{Path(args.images[0]).name} -> {Path(args.images[1]).name}: "
+                 f"{args.max_lines} most confident matches", max_lines=args.max_lines)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scc", description="Weakly supervised semantic correspondence (SCC).")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def model_args(p):
+        p.add_argument("--checkpoint", help="an SCCNet checkpoint (default: untrained SCCNet from the model config)")
+        p.add_argument("--model-config", help="YAML file with ModelConfig fields")
+        p.add_argument("--set-model", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a ModelConfig field, e.g. --set-model vote=false (repeatable)")
+        p.add_argument("--device", default="cpu", help="cpu or cuda")
+        p.add_argument("--img-size", type=int, default=320, help="longer image side in pixels (aspect kept)")
+
+    e = sub.add_parser("eval", help="PCK on a keypoint dataset; prints the table and writes a JSON report")
+    e.add_argument("--dataset", help="pf-willow | pf-pascal | spair | tss-free")
+    e.add_argument("--data", help="dataset folder")
+    e.add_argument("--config", help="YAML file with EvalConfig fields")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an EvalConfig field")
+    e.add_argument("--max-pairs", type=int, help="evaluate only the first N pairs (0 = all)")
+    e.add_argument("--out", help="report path (default results/eval-<dataset>.json)")
+    e.add_argument("--plot", action="store_true", help="also write a per-category PCK plot next to the report")
+    model_args(e)
+    e.set_defaults(func=cmd_eval, img_size=None)
+
+    m = sub.add_parser("match", help="draw the confident matches between two images (or a dataset pair)")
+    m.add_argument("images", nargs="*", metavar="IMG")
+    m.add_argument("--out", default="matches.png")
+    m.add_argument("--max-lines", type=int, default=60)
+    m.add_argument("--pair", type=int, help="index of a dataset pair: draw its keypoint transfer instead")
+    m.add_argument("--dataset")
+    m.add_argument("--data")
+    model_args(m)
+    m.set_defaults(func=cmd_match)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Shared pieces of the dataset readers: image loading, resizing with keypoints, the batch dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+MAX_KPS = 40  # keypoint arrays are padded to this length (SPair-71k convention); n_pts says how many are real
+
+
+def load_image(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scc: image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # grayscale (Imagenette has some) and palette images become RGB
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"scc: corrupt or unreadable image {path}: {exc}") from exc
+
+
+def resize_longer(im: Image.Image, size: int | None) -> tuple[torch.Tensor, float]:
+    """-> (3, H, W) float tensor in [0, 1] with max(H, W) = size (aspect kept), and the scale applied."""
+    w, h = im.size
+    scale = 1.0 if not size else size / max(w, h)
+    if scale != 1.0:
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), scale
+
+
+def pad_kps(kps: torch.Tensor, n: int = MAX_KPS, fill: float = -1.0) -> torch.Tensor:
+    """(N, 2) -> (max(n, N), 2) padded with `fill`; the padding never enters a threshold (n_pts says what
+    is real). Sparse keypoint sets pad to 40 (SPair-71k convention); dense ones (TSS) keep all points."""
+    out = torch.full((max(n, kps.shape[0]), 2), fill, dtype=torch.float32)
+    out[: kps.shape[0]] = kps
+    return out
+
+
+def kp_box(kps: torch.Tensor) -> torch.Tensor:
+    """Box (x1, y1, x2, y2) spanned by valid keypoints (N, 2)."""
+    return torch.cat([kps.min(0).values, kps.max(0).values])
+
+
+def pair_item(src_im, trg_im, src_kps, trg_kps, category, src_name, trg_name, size,
+              src_bbox=None, trg_bbox=None, pckthres_kind="bbox-kp") -> dict:
+    """The field's batch dict for one pair; keypoints and boxes in the resized images' pixels."""
+    src_img, s_scale = resize_longer(src_im, size)
+    trg_img, t_scale = resize_longer(trg_im, size)
+    src_kps = torch.as_tensor(src_kps, dtype=torch.float32) * s_scale
+    trg_kps = torch.as_tensor(trg_kps, dtype=torch.float32) * t_scale
+    if src_kps.shape != trg_kps.shape or src_kps.dim() != 2 or src_kps.shape[1] != 2:
+        raise ValueError(f"scc: pair {src_name} -> {trg_name}: keypoint arrays must both be (N, 2), got "
+                         f"{tuple(src_kps.shape)} and {tuple(trg_kps.shape)}")
+    n = src_kps.shape[0]
+    src_bbox = kp_box(src_kps) if src_bbox is None else torch.as_tensor(src_bbox, dtype=torch.float32) * s_scale
+    trg_bbox = kp_box(trg_kps) if trg_bbox is None else torch.as_tensor(trg_bbox, dtype=torch.float32) * t_scale
+    if pckthres_kind == "img":
+        pckthres = float(max(trg_img.shape[1:]))
+    else:
+        box = kp_box(trg_kps) if pckthres_kind == "bbox-kp" else trg_bbox
+        pckthres = float((box[2:] - box[:2]).max())
+    return dict(
+        src_img=src_img, trg_img=trg_img, src_kps=pad_kps(src_kps), trg_kps=pad_kps(trg_kps), n_pts=n,
+        src_bbox=src_bbox, trg_bbox=trg_bbox, pckthres=pckthres, category=category,
+        src_imname=src_name, trg_imname=trg_name,
+        src_imsize=(src_im.size[0], src_im.size[1]), trg_imsize=(trg_im.size[0], trg_im.size[1]),
+        src_scale=s_scale, trg_scale=t_scale,
+    )
+
+
+def collate_single(items: list[dict]) -> dict:
+    """Pairs differ in size (aspect kept), so evaluation batches hold one pair: add the batch axis."""
+    if len(items) != 1:
+        raise ValueError("scc: keypoint datasets are evaluated one pair per batch (images keep their aspect)")
+    out = {}
+    for k, v in items[0].items():
+        out[k] = v[None] if isinstance(v, torch.Tensor) else [v] if not isinstance(v, (int, float)) else torch.tensor([v])
+    return out

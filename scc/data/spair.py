@@ -1,0 +1,71 @@
+"""SPair-71k layout (Min et al., 2019), which SC-ImageNet pseudo-labels are written in too:
+
+    <root>/Layout/large/{trn,val,test}.txt         lines `<idx>-<src_stem>-<trg_stem>:<category>`
+    <root>/JPEGImages/<category>/<stem>.jpg
+    <root>/PairAnnotation/<split>/<entry>.json      src_kps, trg_kps ([x, y] lists, equal length <= 40),
+                                                    src_bndbox, trg_bndbox ([x1, y1, x2, y2]), category, ...
+The standard threshold is ``bbox`` (target box).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .common import MAX_KPS, load_image, pair_item
+
+
+def parse_entry(entry: str) -> tuple[str, str, str]:
+    """`<idx>-<src>-<trg>:<category>` -> (src stem, trg stem, category)."""
+    try:
+        left, category = entry.split(":")
+        _, src, trg = left.split("-")
+    except ValueError as exc:
+        raise ValueError(f"scc: malformed SPair-71k layout entry {entry!r} (expected <idx>-<src>-<trg>:<category>)") from exc
+    return src, trg, category
+
+
+class SPair(Dataset):
+    def __init__(self, root: str, split: str = "test", img_size: int | None = 320):
+        self.root = Path(root)
+        layout = self.root / "Layout" / "large" / f"{split}.txt"
+        if not layout.is_file():
+            raise FileNotFoundError(f"scc: SPair-71k layout file not found: {layout}")
+        self.split, self.img_size = split, img_size
+        self.entries = [ln.strip() for ln in layout.read_text().splitlines() if ln.strip()]
+        if not self.entries:
+            raise ValueError(f"scc: {layout} lists no pairs")
+        for e in self.entries:
+            parse_entry(e)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def annotation(self, idx: int) -> dict:
+        entry = self.entries[idx]
+        path = self.root / "PairAnnotation" / self.split / f"{entry}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"scc: SPair-71k annotation not found: {path}")
+        try:
+            ann = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"scc: corrupt JSON {path}: {exc}") from exc
+        for key in ("src_kps", "trg_kps", "src_bndbox", "trg_bndbox", "category"):
+            if key not in ann:
+                raise ValueError(f"scc: {path} lacks `{key}`")
+        if len(ann["src_kps"]) != len(ann["trg_kps"]) or not 0 < len(ann["src_kps"]) <= MAX_KPS:
+            raise ValueError(f"scc: {path}: src_kps and trg_kps must have equal length in 1..{MAX_KPS}, got "
+                             f"{len(ann['src_kps'])} and {len(ann['trg_kps'])}")
+        return ann
+
+    def __getitem__(self, idx: int) -> dict:
+        src, trg, category = parse_entry(self.entries[idx])
+        ann = self.annotation(idx)
+        img_dir = self.root / "JPEGImages" / category
+        return pair_item(load_image(img_dir / f"{src}.jpg"), load_image(img_dir / f"{trg}.jpg"),
+                         torch.tensor(ann["src_kps"], dtype=torch.float32), torch.tensor(ann["trg_kps"], dtype=torch.float32),
+                         category, f"{src}.jpg", f"{trg}.jpg", self.img_size, ann["src_bndbox"], ann["trg_bndbox"],
+                         pckthres_kind="bbox")

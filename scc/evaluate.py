@@ -1,0 +1,137 @@
+"""PCK evaluation with the protocol written down (METHOD.md, "Evaluation protocol").
+
+A transferred keypoint is correct when its distance to the annotation is within alpha * T, with T:
+``img`` the max side of the target image, ``bbox`` the max side of the target's annotated box, or
+``bbox-kp`` the max side of the box spanned by the target's *valid* keypoints (padding never enters).
+Reported per image (mean over each pair's points, then over pairs) and per point (all points pooled),
+overall and per category, at the evaluated image size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import config as cfgmod
+
+THRESHOLDS = ("img", "bbox", "bbox-kp")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    dataset: str = "pf-willow"
+    data: str = "../shared/data/pf-willow"
+    img_size: int = 320  # longer side of the evaluated images (aspect kept)
+    alphas: tuple = (0.05, 0.1, 0.15)
+    threshold: str = "bbox-kp"  # img | bbox | bbox-kp
+    max_pairs: int = 0  # 0 = all pairs
+    device: str = "cpu"
+    seed: int = 0
+
+
+def threshold_size(batch: dict, kind: str, i: int = 0) -> float:
+    """T for pair i of a batch, in the evaluated image's pixels (target image, target box)."""
+    if kind == "img":
+        return float(max(batch["trg_img"].shape[-2:]))
+    if kind == "bbox":
+        box = batch["trg_bbox"][i]
+    elif kind == "bbox-kp":
+        n = int(batch["n_pts"][i])
+        kps = batch["trg_kps"][i, :n]
+        box = torch.cat([kps.min(0).values, kps.max(0).values])
+    else:
+        raise ValueError(f"scc: threshold must be one of {THRESHOLDS}, got {kind!r}")
+    return float((box[2:] - box[:2]).max())
+
+
+def pck_counts(pred: torch.Tensor, gt: torch.Tensor, n_pts: int, thr: float, alphas) -> dict:
+    """Correct counts per alpha over the first n_pts points: {alpha: (correct, n)}."""
+    if n_pts <= 0:
+        raise ValueError("scc: a pair with no valid keypoints cannot be evaluated")
+    d = (pred[:n_pts] - gt[:n_pts]).norm(dim=-1)
+    return {a: (int((d <= a * thr).sum()), n_pts) for a in alphas}
+
+
+class PCKAccumulator:
+    def __init__(self, alphas):
+        self.alphas = tuple(alphas)
+        self.per_image = defaultdict(list)  # (category, alpha) -> [pck of each pair]
+        self.points = defaultdict(lambda: [0, 0])  # (category, alpha) -> [correct, total]
+
+    def add(self, category: str, counts: dict) -> None:
+        for a, (c, n) in counts.items():
+            self.per_image[(category, a)].append(c / n)
+            self.points[(category, a)][0] += c
+            self.points[(category, a)][1] += n
+
+    def summary(self) -> dict:
+        cats = sorted({c for c, _ in self.per_image})
+        out = {"per_category": {}, "overall": {}}
+        for c in cats:
+            out["per_category"][c] = {
+                "pairs": len(self.per_image[(c, self.alphas[0])]),
+                **{f"pck@{a}": {"per_image": sum(self.per_image[(c, a)]) / len(self.per_image[(c, a)]),
+                                "per_point": self.points[(c, a)][0] / self.points[(c, a)][1]} for a in self.alphas},
+            }
+        for a in self.alphas:
+            imgs = [v for c in cats for v in self.per_image[(c, a)]]
+            corr = sum(self.points[(c, a)][0] for c in cats)
+            tot = sum(self.points[(c, a)][1] for c in cats)
+            out["overall"][f"pck@{a}"] = {"per_image": sum(imgs) / len(imgs), "per_point": corr / tot}
+        out["overall"]["pairs"] = sum(out["per_category"][c]["pairs"] for c in cats)
+        return out
+
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg: EvalConfig, progress: bool = True) -> dict:
+    """Run ``model`` over ``dataset`` (one pair per step) and return the PCK report (a JSON-able dict)."""
+    from .data.common import collate_single
+
+    device = torch.device(cfg.device)
+    model = model.to(device).eval()
+    acc = PCKAccumulator(cfg.alphas)
+    n = len(dataset) if not cfg.max_pairs else min(cfg.max_pairs, len(dataset))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=1,
+                                         collate_fn=collate_single, num_workers=0)
+    t0 = time.time()
+    for batch in tqdm(loader, total=n, desc=f"eval {cfg.dataset}", disable=not progress, unit="pair"):
+        out = model.match(batch["src_img"].to(device), batch["trg_img"].to(device))
+        pred = model.transfer_keypoints(batch["src_kps"].to(device), out).cpu()
+        thr = threshold_size(batch, cfg.threshold)
+        acc.add(batch["category"][0], pck_counts(pred[0], batch["trg_kps"][0], int(batch["n_pts"][0]), thr, cfg.alphas))
+    report = acc.summary()
+    report["protocol"] = dict(
+        threshold=cfg.threshold, threshold_image="target", alphas=list(cfg.alphas),
+        image_size=f"longer side {cfg.img_size} px, aspect kept", averages=["per_image", "per_point"],
+        test_time_tricks="none (no flips, no multi-scale)", pairs_evaluated=n, pairs_in_dataset=len(dataset),
+    )
+    report["seconds"] = round(time.time() - t0, 1)
+    report["eval_config"] = cfgmod.to_dict(cfg)
+    report["model"] = model.identity()
+    return report
+
+
+def format_table(report: dict) -> str:
+    alphas = report["protocol"]["alphas"]
+    head = "| category | pairs | " + " | ".join(f"PCK@{a} img / pt" for a in alphas) + " |"
+    lines = [head, "|" + "---|" * (2 + len(alphas))]
+    rows = list(report["per_category"].items()) + [("all", report["overall"])]
+    for name, r in rows:
+        cells = [f"{r[f'pck@{a}']['per_image']:.3f} / {r[f'pck@{a}']['per_point']:.3f}" for a in alphas]
+        lines.append(f"| {name} | {r['pairs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(p)

