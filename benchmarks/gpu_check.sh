@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One script for a lent GPU machine (run from the repository root): build the extension against that
 # machine's own torch, run the CUDA/Triton tests, time the kernels. Results go to $OUT (default ./out).
+# SCC_GPU_QUICK=1 (a short re-check): benchmarks first, torch.compile baseline skipped, and only the
+# tests of the matmul ops and of the changed CUDA ops (-k expression in SCC_GPU_TESTS_K).
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -16,13 +18,19 @@ SCC_BUILD_CUDA=1 SCC_PTXAS_VERBOSE=1 TORCH_CUDA_ARCH_LIST="9.0" MAX_JOBS=16 \
 echo "built in $(( $(date +%s) - start )) s"
 grep -E "spill stores|spill loads" "$OUT/build.log" | grep -v " 0 bytes spill stores, 0 bytes spill loads" | head -5 || true
 
-echo "== tests"
-timeout 200 python3 -m pytest -q -p no:cacheprovider -rf --tb=short tests/test_cuda_ops.py tests/test_gpu_matmul_ops.py \
-  --deselect tests/test_cuda_ops.py::test_argument_errors > "$OUT/tests.log" 2>&1
-tail -15 "$OUT/tests.log"
-
-echo "== benchmarks"
-timeout 300 python3 benchmarks/bench_gpu.py --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60
+run_tests() {
+  echo "== tests"
+  timeout "${SCC_GPU_TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider -rf --tb=short \
+    tests/test_cuda_ops.py tests/test_gpu_matmul_ops.py --deselect tests/test_cuda_ops.py::test_argument_errors \
+    ${SCC_GPU_TESTS_K:+-k "$SCC_GPU_TESTS_K"} > "$OUT/tests.log" 2>&1
+  tail -15 "$OUT/tests.log"
+}
+run_bench() {
+  echo "== benchmarks"
+  timeout "${SCC_GPU_BENCH_TIMEOUT:-300}" python3 benchmarks/bench_gpu.py --out "$OUT" ${SCC_GPU_QUICK:+--no-compile} 2>&1 \
+    | tee "$OUT/bench.log" | tail -45
+}
+if [ -n "${SCC_GPU_QUICK:-}" ]; then run_bench; run_tests; else run_tests; run_bench; fi
 
 echo "== argument errors (own process: a crash here must not hide the results above)"
 timeout 60 python3 -X faulthandler -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda_ops.py::test_argument_errors \

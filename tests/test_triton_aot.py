@@ -20,6 +20,12 @@ SMEM_LIMIT = 227 * 1024
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 # Integer and float scalar arguments of the kernels; every other non-constexpr argument is a pointer.
 FLOAT_ARGS = {"eps", "scale", "inv_tau"}
+# The JIT specialises integer arguments that are multiples of 16 (sizes and strides of typical maps, e.g.
+# 64x64 with C = 256), which lets loads vectorise and the K-loops pipeline through shared memory: a
+# different compile from the one for odd sizes. Both are checked; the window radius stays unaligned, and the
+# feature strides are always aligned (the launchers pad the rows of fs and ft to a multiple of 16).
+UNALIGNED_ARGS = {"window"}
+ALIGNED_ARGS = {"stride_sb", "stride_sc", "stride_tb", "stride_tc"}
 
 
 def _stub_package():
@@ -33,7 +39,9 @@ def _stub_package():
 
 
 def _variants():
-    """(name, kernel, config, flag constexprs, pointer dtypes) for every kernel, dtype and flag setting."""
+    """(name, kernel, constexprs and launch options, pointer dtypes) for every kernel, dtype, flag setting
+    and shipped config; fused_match kernels in both channel variants (resident / sliced), with the block
+    sizes their launchers derive."""
     import torch
 
     from scc_kernels.triton import correlation as corr
@@ -41,21 +49,31 @@ def _variants():
 
     def ptr_types(dt):
         # Feature tensors and their gradients / the correlation output use the input dtype.
-        return {"fs_ptr": dt, "ft_ptr": dt, "out_ptr": dt, "grad_ptr": dt, "gfs_ptr": dt, "gft_ptr": dt,
-                "arg_ptr": "i64"}
+        return {"x_ptr": dt, "fs_ptr": dt, "ft_ptr": dt, "out_ptr": dt, "grad_ptr": dt, "gfs_ptr": dt,
+                "gft_ptr": dt, "arg_ptr": "i64"}
+
+    def channels(cfg):
+        # C at the resident limit (whole channel dimension in one tile) and above it (sliced).
+        return ([cfg["RESIDENT_C"]] if cfg["RESIDENT_C"] else []) + [cfg["RESIDENT_C"] + 1]
 
     out = []
     for tdt in (torch.float32, torch.float16, torch.bfloat16):
         dt = DTYPES[str(tdt).split(".")[1]]
+        out.append(("norm", corr._norm_kernel, corr.NORM_CONFIG, ptr_types(dt)))
         for flags in ({"NORMALIZE": n, "RELU": r} for n in (True, False) for r in (True, False)):
-            out.append(("corr_fwd", corr._corr_fwd_kernel, corr.FWD_CONFIGS[tdt], flags, ptr_types(dt)))
-            out.append(("corr_bwd", corr._corr_bwd_kernel, corr.BWD_CONFIGS[tdt], flags, ptr_types(dt)))
+            for cfg in corr.FWD_CONFIGS[tdt]:
+                out.append(("corr_fwd", corr._corr_fwd_kernel, {**cfg, **flags}, ptr_types(dt)))
+            out.append(("corr_bwd", corr._corr_bwd_kernel, {**corr.BWD_CONFIGS[tdt], **flags}, ptr_types(dt)))
         for windowed in (False, True):
             flags = {"WINDOWED": windowed}
-            out.append(("match_fwd", fm._fused_match_fwd_kernel, fm.FWD_CONFIGS[tdt], flags, ptr_types(dt)))
-            for name, k in (("match_rowstats", fm._row_stats_kernel), ("match_grad_fs", fm._grad_fs_kernel),
-                            ("match_grad_ft", fm._grad_ft_kernel)):
-                out.append((name, k, fm.BWD_CONFIGS[tdt], flags, ptr_types(dt)))
+            for c in channels(fm.FWD_CONFIGS[tdt]):
+                cfg = fm._launch_cfg(fm.FWD_CONFIGS[tdt], c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+                out.append(("match_fwd", fm._fused_match_fwd_kernel, {**cfg, **flags}, ptr_types(dt)))
+                out.append(("match_rowstats", fm._row_stats_kernel, {**cfg, **flags}, ptr_types(dt)))
+            for c in channels(fm.BWD_CONFIGS[tdt]):
+                fs_cfg, ft_cfg = fm._grad_cfgs(fm.BWD_CONFIGS[tdt], c)
+                out.append(("match_grad_fs", fm._grad_fs_kernel, {**fs_cfg, **flags}, ptr_types(dt)))
+                out.append(("match_grad_ft", fm._grad_ft_kernel, {**ft_cfg, **flags}, ptr_types(dt)))
     return out
 
 
@@ -79,9 +97,9 @@ def compile_all() -> list[dict]:
 
     target = GPUTarget("cuda", 90, 32)
     results = []
-    for name, kernel, cfg, flags, ptrs in _variants():
+    for (name, kernel, cfg, ptrs), aligned in ((v, a) for v in _variants() for a in (False, True)):
         constexprs = {k: v for k, v in cfg.items() if k in kernel.arg_names}
-        constexprs.update(flags)
+        flags = {k: v for k, v in constexprs.items() if not k.startswith("BLOCK") and k != "GROUP_M"}
         signature, attrs = {}, {}
         for i, arg in enumerate(kernel.arg_names):
             if arg in constexprs:
@@ -89,15 +107,19 @@ def compile_all() -> list[dict]:
             elif arg.endswith("_ptr"):
                 signature[arg] = "*" + ptrs.get(arg, "fp32")
                 attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+            elif arg in FLOAT_ARGS:
+                signature[arg] = "fp32"
             else:
-                signature[arg] = "fp32" if arg in FLOAT_ARGS else "i32"
+                signature[arg] = "i32"
+                if (aligned and arg not in UNALIGNED_ARGS) or arg in ALIGNED_ARGS:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
         src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=target,
                                   options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
         usage = _res_usage(compiled.asm["cubin"])
         results.append({
-            "kernel": name, "dtype": ptrs["fs_ptr"], "flags": flags,
-            "blocks": {k: v for k, v in constexprs.items() if k.startswith("BLOCK")},
+            "kernel": name, "dtype": ptrs["fs_ptr"], "flags": flags, "aligned": aligned,
+            "blocks": {k: v for k, v in constexprs.items() if k.startswith("BLOCK") or k == "GROUP_M"},
             "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
             "regs": usage["reg"], "spill": usage["local"] + usage["stack"], "shared": compiled.metadata.shared,
         })
@@ -116,7 +138,8 @@ def aot_results():
 
 def test_aot_compiles_every_kernel(aot_results):
     names = {r["kernel"] for r in aot_results}
-    assert names == {"corr_fwd", "corr_bwd", "match_fwd", "match_rowstats", "match_grad_fs", "match_grad_ft"}
+    assert names == {"norm", "corr_fwd", "corr_bwd", "match_fwd", "match_rowstats", "match_grad_fs",
+                     "match_grad_ft"}
     assert {r["dtype"] for r in aot_results} == set(DTYPES.values())
 
 
@@ -137,5 +160,6 @@ if __name__ == "__main__":
         print(json.dumps(res))
     else:
         for r in res:
-            print(f"{r['kernel']:15s} {r['dtype']:5s} {str(r['flags']):36s} {r['blocks']} w{r['num_warps']} "
+            print(f"{r['kernel']:15s} {r['dtype']:5s} {'al' if r['aligned'] else 'un'} {str(r['flags']):40s} "
+                  f"{r['blocks']} w{r['num_warps']} "
                   f"s{r['num_stages']}: regs {r['regs']}, spill {r['spill']} B, shared {r['shared']} B")

@@ -3,7 +3,11 @@
 TRITON_INTERPRET must be set before the kernels are defined, and would turn every later Triton kernel of
 the session into an interpreted one, so the checks run in a child process: this file run as a script
 computes every case and prints the errors as JSON; the tests here only compare them with tolerances.
-Tiny shapes with blocks smaller than the grids (two or more tiles along M, N, K and C, partial edge tiles).
+Tiny shapes with blocks smaller than the grids (two or more tiles along M, N, K and C, partial edge tiles,
+a partial group of the grouped tile order). The last shape is structured (fs is a noisy crop of ft), so
+argmaxes are spatially coherent: windows reach the grid borders, span two or more target tiles, and the
+windowed passes skip target tiles no window of a source block touches. fused_match runs both with the
+channel dimension resident in one tile and sliced into BLOCK_K / BLOCK_C chunks.
 bf16 is not checked: the interpreter computes it wrongly (silently).
 """
 
@@ -17,14 +21,21 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORR_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4)
+CORR_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4, GROUP_M=2)
 MATCH_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4)
-MATCH_BWD_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4, BLOCK_C=8)
-# (B, C, source hw, target hw)
-SHAPES = [(1, 5, (3, 5), (7, 4)), (2, 12, (3, 5), (5, 6))]
+# BLOCK_M / BLOCK_N: the backward's row-statistics pass; the others: the two gradient kernels.
+MATCH_BWD_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_OWN=8, BLOCK_STREAM_T=16, BLOCK_STREAM_S=8, BLOCK_K=4,
+                        BLOCK_C=8)
+RESIDENT_C = {True: 16, False: 0}  # C <= 16 (padded) held whole in one tile, or never
+# (B, C, source hw, target hw, structured)
+SHAPES = [(1, 5, (3, 5), (7, 4), False), (2, 12, (3, 5), (5, 6), False), (2, 12, (4, 6), (9, 7), True)]
 CORR_CASES = [(dt, s, norm, relu) for dt in ("float32", "float16") for s in range(len(SHAPES))
               for norm in (True, False) for relu in (True, False) if dt == "float32" or relu]
-MATCH_CASES = [(dt, s, window) for dt in ("float32", "float16") for s in range(len(SHAPES)) for window in (-1, 0, 1)]
+# (dtype, shape, window, resident)
+MATCH_CASES = ([(dt, s, window, dt == "float16") for dt in ("float32", "float16") for s in (0, 1)
+                for window in (-1, 0, 1)]
+               + [("float32", 2, window, res) for window in (-1, 1, 2) for res in (True, False)]
+               + [("float16", 2, 1, False), ("float16", 2, 2, True)])
 # Relative errors (max |err| / max |ref|); flow in cells. fp16 is compared with the reference evaluated
 # on the fp16-rounded inputs, so only the kernels' own rounding (fp16 outputs / dot operands) is measured.
 TOL = {"float32": 1e-5, "float16": 3e-3}
@@ -42,10 +53,13 @@ def _rel(x, ref) -> float:
 def _inputs(dt, s, seed, zero_rows):
     import torch
 
-    b, c, (hs, ws), (ht, wt) = SHAPES[s]
+    b, c, (hs, ws), (ht, wt), structured = SHAPES[s]
     g = torch.Generator().manual_seed(seed)
-    fs = torch.randn(b, c, hs, ws, generator=g).to(getattr(torch, dt))
-    ft = torch.randn(b, c, ht, wt, generator=g).to(getattr(torch, dt))
+    fs = torch.randn(b, c, hs, ws, generator=g)
+    ft = torch.randn(b, c, ht, wt, generator=g)
+    if structured:  # source cell (r, c) matches target cell (r + 2, c + 1)
+        fs = ft[:, :, 2:2 + hs, 1:1 + ws] + 0.3 * fs
+    fs, ft = fs.to(getattr(torch, dt)), ft.to(getattr(torch, dt))
     if zero_rows:  # zero feature vectors: the norm terms must drop out
         fs[0, :, 1, 2] = 0
         ft[-1, :, 2, 1] = 0
@@ -76,8 +90,10 @@ def _run_match(case) -> dict:
     from scc_kernels import reference
     from scc_kernels.triton.fused_match import fused_match_bwd, fused_match_fwd
 
-    dt, s, window = case
+    dt, s, window, resident = case
     tau = 0.1
+    blocks = {**MATCH_BLOCKS, "RESIDENT_C": RESIDENT_C[resident]}
+    bwd_blocks = {**MATCH_BWD_BLOCKS, "RESIDENT_C": RESIDENT_C[resident]}
     fs, ft = _inputs(dt, s, seed=100 + 3 * s + window, zero_rows=False)
     fsd, ftd = fs.double().requires_grad_(), ft.double().requires_grad_()
     ref_flow, ref_conf, ref_arg = reference.fused_match(fsd, ftd, tau, window)
@@ -91,9 +107,9 @@ def _run_match(case) -> dict:
     # conf-only gradient, with grad_flow = None
     ref_c_gfs, ref_c_gft = torch.autograd.grad((ref_conf * gconf).sum(), (fsd, ftd))
 
-    flow, conf, arg, lse = fused_match_fwd(fs, ft, tau, window, **MATCH_BLOCKS)
-    gfs, gft = fused_match_bwd(gflow.float(), gconf.float(), fs, ft, tau, window, arg, lse, **MATCH_BWD_BLOCKS)
-    c_gfs, c_gft = fused_match_bwd(None, gconf.float(), fs, ft, tau, window, arg, lse, **MATCH_BWD_BLOCKS)
+    flow, conf, arg, lse = fused_match_fwd(fs, ft, tau, window, **blocks)
+    gfs, gft = fused_match_bwd(gflow.float(), gconf.float(), fs, ft, tau, window, arg, lse, **bwd_blocks)
+    c_gfs, c_gft = fused_match_bwd(None, gconf.float(), fs, ft, tau, window, arg, lse, **bwd_blocks)
     assert flow.dtype == conf.dtype == lse.dtype == torch.float32 and arg.dtype == torch.int64
     assert gfs.dtype == fs.dtype and gft.shape == ft.shape
     return {
