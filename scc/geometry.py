@@ -35,3 +35,17 @@ def sample_flow(flow: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 def transfer_keypoints(flow: torch.Tensor, src_kps: torch.Tensor, stride: float) -> torch.Tensor:
     """src_kps: (B, N, 2) source pixels (x, y) -> (B, N, 2) predicted target pixels."""
     return cell_to_pixel(sample_flow(flow, pixel_to_cell(src_kps, stride)), stride)
+
+
+def bilinear_weights(uv: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Bilinear interpolation weights of points over a grid: uv (B, N, 2) cells (col, row), clamped to
+    the grid -> (B, N, h*w), each row summing to 1 over the (up to) 4 surrounding cells."""
+    u = uv[..., 0].clamp(0, w - 1)
+    v = uv[..., 1].clamp(0, h - 1)
+    u0, v0 = u.floor().clamp(max=max(w - 2, 0)), v.floor().clamp(max=max(h - 2, 0))
+    fu, fv = u - u0, v - v0
+    out = uv.new_zeros(*uv.shape[:-1], h * w)
+    for du, dv, wgt in ((0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)), (0, 1, (1 - fu) * fv), (1, 1, fu * fv)):
+        cu, cv = (u0 + du).clamp(max=w - 1), (v0 + dv).clamp(max=h - 1)
+        out.scatter_add_(-1, (cv * w + cu).long()[..., None], wgt[..., None])
+    return out

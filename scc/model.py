@@ -26,7 +26,7 @@ import scc_kernels as K
 
 from . import config as cfgmod
 from .backbone import Backbone
-from .geometry import transfer_keypoints
+from .geometry import bilinear_weights, cell_to_pixel, pixel_to_cell, transfer_keypoints
 
 
 @dataclasses.dataclass
@@ -52,6 +52,10 @@ class ModelConfig:
     unmatched_bin: bool = False  # learnable "no match" bin (bin_logit); off: no bin
     bin_init: float = 0.0
     window: int = 2  # soft-argmax window half-size around the argmax (-1: all cells; 0: hard argmax)
+    # Keypoint transfer: "probability" mixes the match distributions of the 4 source cells around the
+    # keypoint (bilinear weights) and soft-argmaxes the mixture; "flow" bilinearly samples the dense flow
+    # (METHOD.md's wording), which averages unrelated targets where neighbouring cells disagree.
+    transfer: str = "probability"
     eps: float = 1e-5
 
 
@@ -140,8 +144,17 @@ class SCCNet(nn.Module):
         return dict(corr=corr, P=P, P_unmatched=unmatched, flow=flow, conf=conf, fs=fs, ft=ft, g=g)
 
     def transfer_keypoints(self, src_kps: torch.Tensor, out: dict) -> torch.Tensor:
-        """src_kps: (B, N, 2) source pixels (x, y) -> (B, N, 2) target pixels, through ``out['flow']``."""
-        return transfer_keypoints(out["flow"], src_kps, self.stride)
+        """src_kps: (B, N, 2) source pixels (x, y) -> (B, N, 2) target pixels (see ModelConfig.transfer)."""
+        if self.config.transfer == "flow":
+            return transfer_keypoints(out["flow"], src_kps, self.stride)
+        if self.config.transfer != "probability":
+            raise ValueError(f"scc: ModelConfig.transfer must be 'probability' or 'flow', got {self.config.transfer!r}")
+        b, hs, ws, ht, wt = out["corr"].shape
+        weights = bilinear_weights(pixel_to_cell(src_kps, self.stride), hs, ws).to(out["P"].dtype)  # (B, N, Ns)
+        mix = torch.bmm(weights, out["P"])  # (B, N, Nt)
+        window = self.config.window if self.config.calibrate else 0
+        flow, _ = K.soft_argmax(mix, ht, wt, window)
+        return cell_to_pixel(flow, self.stride)
 
     def identity(self) -> dict:
         """What a result file records about the model."""

@@ -160,3 +160,27 @@ def test_sccnet_match_shapes_and_checkpoint_roundtrip(tmp_path):
         SCCNet.from_checkpoint(str(path))
     with pytest.raises(FileNotFoundError):
         SCCNet.from_checkpoint(str(tmp_path / "none.pt"))
+
+
+def test_bilinear_weights():
+    from scc.geometry import bilinear_weights
+
+    w = bilinear_weights(torch.tensor([[[1.25, 0.5], [0.0, 0.0], [9.0, 9.0]]]), 2, 3)  # grid 2 rows x 3 cols
+    assert torch.allclose(w.sum(-1), torch.ones(1, 3))
+    # (col 1.25, row 0.5): cells (r0,c1) .375, (r0,c2) .125, (r1,c1) .375, (r1,c2) .125
+    assert torch.allclose(w[0, 0], torch.tensor([0, 0.375, 0.125, 0, 0.375, 0.125]))
+    assert w[0, 1, 0] == 1 and w[0, 2, 5] == 1  # a corner, and a point clamped to the last cell
+
+
+def test_probability_transfer_of_a_translation():
+    """Features that are a shifted copy: both transfer modes recover the shift at cell centres."""
+    from scc.model import ModelConfig, SCCNet
+
+    for mode in ("probability", "flow"):
+        net = SCCNet(ModelConfig(backbone_weights=None, transfer=mode, vote=False)).eval()
+        f = torch.randn(1, 8, 6, 9)
+        fs, ft = f[:, :, :, :7], f[:, :, :, 2:]  # target = source shifted left by 2 cells
+        out = net.match_features(torch.nn.functional.normalize(fs, dim=1), torch.nn.functional.normalize(ft, dim=1))
+        kps = torch.tensor([[[16 * 3 + 7.5, 16 * 2 + 7.5], [16 * 5 + 7.5, 16 * 4 + 7.5]]])
+        pred = net.transfer_keypoints(kps, out)
+        assert torch.allclose(pred, kps - torch.tensor([32.0, 0.0]), atol=0.5), mode
