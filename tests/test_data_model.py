@@ -15,7 +15,8 @@ from scc.data.common import collate_single
 from scc.data.pfwillow import PFWillow
 from scc.geometry import cell_to_pixel, pixel_to_cell, transfer_keypoints
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The shared data folder: $SCC_DATA, else ../shared/data beside the repository (as on CI).
+SHARED = Path(os.environ.get("SCC_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 HEADER = "imageA,imageB," + ",".join(f"{c}{s}{i}" for s in "AB" for c in "XY" for i in range(1, 11))
 
 
@@ -71,7 +72,7 @@ def test_pfwillow_missing_and_corrupt_files(tmp_path):
         PFWillow(str(root))
 
 
-@pytest.mark.skipif(not (SHARED / "pf-willow").is_dir(), reason="shared data ../shared/data/pf-willow absent")
+@pytest.mark.skipif(not (SHARED / "pf-willow").is_dir(), reason="shared data absent: set SCC_DATA or place it at ../shared/data (pf-willow)")
 def test_pfwillow_real_data():
     ds = PFWillow(str(SHARED / "pf-willow"))
     assert len(ds) == 900
@@ -184,3 +185,18 @@ def test_probability_transfer_of_a_translation():
         kps = torch.tensor([[[16 * 3 + 7.5, 16 * 2 + 7.5], [16 * 5 + 7.5, 16 * 4 + 7.5]]])
         pred = net.transfer_keypoints(kps, out)
         assert torch.allclose(pred, kps - torch.tensor([32.0, 0.0]), atol=0.5), mode
+
+
+@pytest.mark.skipif(not (SHARED / "pf-willow").is_dir(), reason="shared data absent: set SCC_DATA or place it at ../shared/data (pf-willow)")
+def test_untrained_pipeline_beats_nearest_neighbour_on_willow():
+    """On 60 PF-WILLOW pairs (6 per sub-class), the untrained pipeline's stages each earn their keep."""
+    from scc.evaluate import EvalConfig, evaluate
+    from scc.model import ModelConfig, SCCNet
+
+    ds = torch.utils.data.Subset(PFWillow(str(SHARED / "pf-willow")), list(range(0, 900, 15)))
+    cfg = EvalConfig(alphas=(0.1,))
+    score = {}
+    for name, mc in {"nn": ModelConfig(mutual=False, vote=False, calibrate=False), "full": ModelConfig()}.items():
+        rep = evaluate(SCCNet(mc), ds, cfg, progress=False)
+        score[name] = rep["overall"]["pck@0.1"]["per_image"]
+    assert score["full"] > score["nn"] + 0.05, score

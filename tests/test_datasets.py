@@ -4,6 +4,7 @@ folder reader and the synthetic generator; bad files give errors naming the file
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from scc.data.spair import SPair, parse_entry
 from scc.data.synthetic import SyntheticPairs
 from scc.data.tss import TSS, read_flo
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The shared data folder: $SCC_DATA, else ../shared/data beside the repository (as on CI).
+SHARED = Path(os.environ.get("SCC_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def img(path: Path, w=40, h=30, mode="RGB"):
@@ -157,7 +159,7 @@ def test_imagefolder_pairs(tmp_path):
             ds[broken[0]]
 
 
-@pytest.mark.skipif(not (SHARED / "imagenette").is_dir(), reason="shared data ../shared/data/imagenette absent")
+@pytest.mark.skipif(not (SHARED / "imagenette").is_dir(), reason="shared data absent: set SCC_DATA or place it at ../shared/data (imagenette)")
 def test_imagenette_real():
     ds = ImageFolderPairs(str(SHARED / "imagenette" / "train"), num_pairs=5)
     assert ds.num_classes == 10 and ds[0]["src_img"].shape == (3, 224, 224)
