@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -86,6 +87,18 @@ inline void check_volume(const at::Tensor& corr, const char* name) {
                     "` must have shape (B, hs, ws, ht, wt) or (B, Ns, Nt), got shape ", shape_str(corr));
   check_floating(corr, name);
   check_nonempty(corr, name);
+}
+
+// The soft-argmax window: target cells within `window` rows and columns of the argmax (all for -1).
+struct Window {
+  int64_t r0, r1, c0, c1;  // inclusive bounds
+};
+
+inline Window window_of(int64_t arg, int64_t ht, int64_t wt, int64_t window) {
+  if (window < 0) return {0, ht - 1, 0, wt - 1};
+  const int64_t r = arg / wt, c = arg % wt;
+  return {std::max<int64_t>(0, r - window), std::min(ht - 1, r + window), std::max<int64_t>(0, c - window),
+          std::min(wt - 1, c + window)};
 }
 
 inline int64_t vol_ns(const at::Tensor& c) { return c.dim() == 5 ? c.size(1) * c.size(2) : c.size(1); }

@@ -200,3 +200,19 @@ def test_untrained_pipeline_beats_nearest_neighbour_on_willow():
         rep = evaluate(SCCNet(mc), ds, cfg, progress=False)
         score[name] = rep["overall"]["pck@0.1"]["per_image"]
     assert score["full"] > score["nn"] + 0.05, score
+
+
+def test_other_timm_backbone_from_a_local_weights_file(tmp_path):
+    """ResNet (any timm features_only model) loads a local file; SCCNet runs on it."""
+    import timm
+
+    from scc.model import ModelConfig, SCCNet
+
+    full = timm.create_model("resnet18", pretrained=False)
+    torch.save({"state_dict": full.state_dict()}, tmp_path / "r18.pth")  # classifier keys are ignored
+    net = SCCNet(ModelConfig(backbone="resnet18", feature_stages=(2, 3, 4), backbone_weights=str(tmp_path / "r18.pth")))
+    assert net.backbone.strides == [8, 16, 32]
+    assert torch.equal(net.backbone.body.conv1.weight, full.conv1.weight)
+    with torch.no_grad():
+        out = net.eval().match(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 48, 64))
+    assert out["flow"].shape == (1, 4, 4, 2)

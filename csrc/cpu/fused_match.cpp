@@ -64,17 +64,6 @@ inline T logit(T d, T ai, T bj, T inv_tau) {
   return r > 0 ? r * inv_tau : T(0);
 }
 
-struct Window {
-  int64_t r0, r1, c0, c1;
-};
-
-inline Window window_of(int64_t arg, int64_t ht, int64_t wt, int64_t window) {
-  if (window < 0) return {0, ht - 1, 0, wt - 1};
-  const int64_t r = arg / wt, c = arg % wt;
-  return {std::max<int64_t>(0, r - window), std::min(ht - 1, r + window), std::max<int64_t>(0, c - window),
-          std::min(wt - 1, c + window)};
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at::Tensor& fs_in, const at::Tensor& ft_in,

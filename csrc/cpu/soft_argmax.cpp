@@ -31,17 +31,6 @@ void check_soft_argmax_args(const at::Tensor& P, int64_t ht, int64_t wt, int64_t
   TORCH_CHECK_VALUE(beta > 0 && std::isfinite(beta), "scc: `beta` must be a positive finite number, got ", beta);
 }
 
-struct Window {
-  int64_t r0, r1, c0, c1;  // inclusive bounds
-};
-
-inline Window window_of(int64_t arg, int64_t ht, int64_t wt, int64_t window) {
-  if (window < 0) return {0, ht - 1, 0, wt - 1};
-  const int64_t r = arg / wt, c = arg % wt;
-  return {std::max<int64_t>(0, r - window), std::min(ht - 1, r + window), std::max<int64_t>(0, c - window),
-          std::min(wt - 1, c + window)};
-}
-
 template <typename T>
 inline T powb(T p, T beta) {
   return beta == T(1) ? p : std::pow(p, beta);
