@@ -12,10 +12,6 @@
 #include <cstring>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include "../common.h"
 #include "../ops.h"
 
@@ -42,19 +38,6 @@ struct Geom {
 template <typename T>
 inline void pad_plane(const T* src, T* dst, const Geom& g) {
   for (int64_t c = 0; c < g.H2; ++c) std::memcpy(dst + c * g.W2p, src + c * g.W2, g.W2 * sizeof(T));
-}
-
-// Outputs are fresh multi-megabyte allocations, and with 4 KiB pages their first-touch page faults
-// cost about as much as the convolution itself when Cin is small: ask for transparent huge pages.
-inline void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t huge = uintptr_t(1) << 21;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t a = (p + huge - 1) & ~(huge - 1), e = (p + t.nbytes()) & ~(huge - 1);
-  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
 }
 
 }  // namespace
@@ -186,7 +169,6 @@ at::Tensor conv4d(const at::Tensor& x_in, const at::Tensor& weight_in, const std
   const at::Tensor bias = bias_in.has_value() ? widen(*bias_in) : at::Tensor();
   const Geom g(x.size(0), x.size(1), Cout, x, weight_in.size(2));
   at::Tensor out = alloc_output({g.B, Cout, g.H1, g.W1, g.H2, g.W2}, x.options());
-  advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scc_conv4d", [&] {
     conv_forward<scalar_t>(x.data_ptr<scalar_t>(), wr.data_ptr<scalar_t>(),
                            bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), g);
@@ -212,7 +194,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv4d_backward(const at::Tensor&
   const Geom gx(B, Cout, Cin, x, k);  // the grad_x convolution: Cout -> Cin
   const Geom g(B, Cin, Cout, x, k);
   at::Tensor grad_x = alloc_output(x.sizes(), x.options());
-  advise_huge_pages(grad_x);
   at::Tensor grad_w = alloc_output({Cout, Cin, k, k, k, k}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scc_conv4d_backward", [&] {
     using T = scalar_t;
