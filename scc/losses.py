@@ -1,0 +1,200 @@
+"""Losses of the weakly supervised cascade (METHOD.md stages 1-3) and of keypoint supervision, as
+interchangeable supervision strategies (DHPF-style): ``strategy.loss(model, batch, step)`` returns the
+total loss and a dict of its named terms.
+
+Weak (class labels only):
+  image level  -- MIL over pairs: a positive pair (same class) must score higher than the negatives made by
+                  rolling the targets of the batch (pairs of different classes only);
+  region level -- soft masks M(i) = sigmoid((m_pos(i) - m_neg(i) - b) / t) from matchability m(i) = max_j C_ij,
+                  and a hinge MIL loss: top-k% of m_pos inside the mask above top-k% of m_neg;
+  pixel level  -- online pseudo-labels from masked voting + calibration (confident, mutual, inside both
+                  masks; no gradient through them) supervise the appearance distribution softmax_j(C / tau),
+                  with a weight ramped up after a warm-up.
+Strong (keypoints; also pseudo-labels written in the SPair-71k layout): cross-entropy of softmax_j(C / tau)
+at the source keypoints' cells against the target keypoints' cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+import scc_kernels as K
+
+from .geometry import pixel_to_cell
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Every weight, threshold, temperature and schedule of the losses (defaults documented here)."""
+
+    tau: float = 0.05  # temperature of the pair score and of the pixel / keypoint cross-entropies
+    image_loss: str = "softplus"  # "diff": mean(s_neg - s_pos); "softplus": mean(softplus((s_neg - s_pos + margin) / T))
+    image_margin: float = 0.1
+    image_temp: float = 0.05
+    region_bias: float = 0.0  # b in M = sigmoid((m_pos - m_neg - b) / t)
+    region_temp: float = 0.05  # t
+    region_topk: float = 0.2  # fraction of positions whose matchability enters the region loss
+    region_margin: float = 0.05
+    lambda_region: float = 0.5
+    lambda_pixel: float = 1.0  # final weight of the pixel loss
+    pixel_warmup: int = 200  # steps with no pixel loss (early pseudo-labels are noise)
+    pixel_ramp: int = 400  # steps of linear ramp from 0 to lambda_pixel after the warm-up
+    p_min: float = 0.3  # minimum calibrated probability of a pseudo-label
+    mask_min: float = 0.5  # both masks must exceed this at a pseudo-label's source and target cells
+
+
+def pair_score(corr: torch.Tensor, tau: float) -> torch.Tensor:
+    """NC-Net pair score 1/2 [mean_i max_j softmax_j(C/tau) + mean_j max_i softmax_i(C/tau)]: (B,)."""
+    c = corr.flatten(1, 2).flatten(2)  # (B, Ns, Nt)
+    fwd = torch.softmax(c / tau, dim=2).amax(dim=2).mean(dim=1)
+    bwd = torch.softmax(c / tau, dim=1).amax(dim=1).mean(dim=1)
+    return 0.5 * (fwd + bwd)
+
+
+def negative_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (i, (i + k) mod B) of different classes, for the smallest roll k that gives any:
+    -> (source indices, target indices). Empty when every item has the same class."""
+    b = labels.shape[0]
+    idx = torch.arange(b, device=labels.device)
+    for k in range(1, b):
+        j = (idx + k) % b
+        keep = labels != labels[j]
+        if keep.any():
+            return idx[keep], j[keep]
+    return idx[:0], idx[:0]
+
+
+def image_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    if cfg.image_loss == "diff":
+        return s_neg.mean() - s_pos.mean()
+    if cfg.image_loss == "softplus":
+        # every negative against the mean positive score
+        return F.softplus((s_neg - s_pos.mean() + cfg.image_margin) / cfg.image_temp).mean() * cfg.image_temp
+    raise ValueError(f"scc: LossConfig.image_loss must be 'diff' or 'softplus', got {cfg.image_loss!r}")
+
+
+def matchability(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """m_s(i) = max_j C_ij: (B, hs, ws); m_t(j) = max_i C_ij: (B, ht, wt)."""
+    return corr.flatten(3).amax(dim=3), corr.flatten(1, 2).amax(dim=1)
+
+
+def region_masks(m_pos: torch.Tensor, m_neg: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    return torch.sigmoid((m_pos - m_neg - cfg.region_bias) / cfg.region_temp)
+
+
+def _topk_mean(x: torch.Tensor, frac: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    v = x.flatten(1) if weight is None else (x * weight).flatten(1)
+    k = max(1, int(math.ceil(frac * v.shape[1])))
+    return v.topk(k, dim=1).values.mean(dim=1)
+
+
+def region_loss(m_pos, m_neg, mask, cfg: LossConfig) -> torch.Tensor:
+    """Hinge MIL: the top-k% matchability inside the mask must exceed the top-k% against negatives."""
+    top_pos = _topk_mean(m_pos, cfg.region_topk, mask)
+    top_neg = _topk_mean(m_neg, cfg.region_topk)
+    return F.relu(top_neg - top_pos + cfg.region_margin).mean()
+
+
+@torch.no_grad()
+def pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=None):
+    """Online pixel pseudo-labels: j* = argmax_j P_ij where P_ij* > p_min, the match is mutual (i is the
+    argmax of the backward distribution at j*) and lies inside both masks. -> (target (B, Ns), valid (B, Ns))."""
+    b, hs, ws, ht, wt = corr.shape
+    g = K.masked_vote(corr, mask_s, mask_t, model_cfg.vote_mode, model_cfg.vote_radius, model_cfg.vote_sigma)
+    P, _ = K.calibrate(corr, g, model_cfg.lam, model_cfg.tau, bin_logit)
+    Pb, _ = K.calibrate(corr.permute(0, 3, 4, 1, 2), g.permute(0, 3, 4, 1, 2), model_cfg.lam, model_cfg.tau, bin_logit)
+    conf, j = P.max(dim=2)  # (B, Ns)
+    back = Pb.argmax(dim=2)  # (B, Nt): best source of each target
+    i = torch.arange(hs * ws, device=corr.device).expand(b, -1)
+    mutual = back.gather(1, j) == i
+    inside = (mask_s.flatten(1) > cfg.mask_min) & (mask_t.flatten(1).gather(1, j) > cfg.mask_min)
+    return j, (conf > cfg.p_min) & mutual & inside
+
+
+def pixel_loss(corr: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
+    """Cross-entropy of softmax_j(C_ij / tau) against targets at the valid source positions (0 if none)."""
+    logits = corr.flatten(1, 2).flatten(2) / tau  # (B, Ns, Nt)
+    if not valid.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[valid], target[valid])
+
+
+def pixel_weight(step: int, cfg: LossConfig) -> float:
+    if step < cfg.pixel_warmup:
+        return 0.0
+    if cfg.pixel_ramp <= 0:
+        return cfg.lambda_pixel
+    return cfg.lambda_pixel * min(1.0, (step - cfg.pixel_warmup) / cfg.pixel_ramp)
+
+
+class WeakSupervision:
+    """Image-, region- and pixel-level matching from class labels only (batch: src_img, trg_img, label)."""
+
+    def __init__(self, cfg: LossConfig | None = None, use_region: bool = True, use_pixel: bool = True):
+        self.cfg = cfg or LossConfig()
+        self.use_region, self.use_pixel = use_region, use_pixel
+
+    def loss(self, model, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        labels = torch.as_tensor(batch["label"], device=batch["src_img"].device)
+        src_i, trg_j = negative_index(labels)
+        if src_i.numel() == 0:
+            raise ValueError("scc: weak supervision needs images of at least two classes in a batch")
+        fs, ft = model.features(batch["src_img"]), model.features(batch["trg_img"])
+        corr_pos = model.filtered_volume(fs, ft)
+        corr_neg = model.filtered_volume(fs[src_i], ft[trg_j])
+        s_pos, s_neg = pair_score(corr_pos, cfg.tau), pair_score(corr_neg, cfg.tau)
+        terms = {"image": image_loss(s_pos, s_neg, cfg)}
+        total = terms["image"]
+        ms_pos, mt_pos = matchability(corr_pos)
+        ms_neg, mt_neg = matchability(corr_neg)
+        # m_neg of item i: the mean over the negatives it takes part in (as source, resp. as target)
+        ms_n = torch.zeros_like(ms_pos).index_add(0, src_i, ms_neg)
+        ms_n = ms_n / torch.bincount(src_i, minlength=len(labels)).clamp(min=1).view(-1, 1, 1)
+        mt_n = torch.zeros_like(mt_pos).index_add(0, trg_j, mt_neg)
+        mt_n = mt_n / torch.bincount(trg_j, minlength=len(labels)).clamp(min=1).view(-1, 1, 1)
+        mask_s, mask_t = region_masks(ms_pos, ms_n, cfg), region_masks(mt_pos, mt_n, cfg)
+        if self.use_region:
+            terms["region"] = 0.5 * (region_loss(ms_pos, ms_n, mask_s, cfg) + region_loss(mt_pos, mt_n, mask_t, cfg))
+            total = total + cfg.lambda_region * terms["region"]
+        else:
+            mask_s, mask_t = torch.ones_like(mask_s), torch.ones_like(mask_t)
+        w = pixel_weight(step, cfg) if self.use_pixel else 0.0
+        if w > 0:
+            target, valid = pseudo_labels(corr_pos.detach(), mask_s.detach(), mask_t.detach(), model.config, cfg,
+                                          model.bin_logit)
+            terms["pixel"] = pixel_loss(corr_pos, target, valid, cfg.tau)
+            terms["pseudo_labels_per_pair"] = valid.float().sum(1).mean().detach()
+            total = total + w * terms["pixel"]
+        terms["s_pos"], terms["s_neg"] = s_pos.mean().detach(), s_neg.mean().detach()
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+class StrongSupervision:
+    """Keypoint cross-entropy (batch: src_img, trg_img, src_kps, trg_kps, n_pts), DHPF-style."""
+
+    def __init__(self, cfg: LossConfig | None = None):
+        self.cfg = cfg or LossConfig()
+
+    def loss(self, model, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
+        fs, ft = model.features(batch["src_img"]), model.features(batch["trg_img"])
+        corr = model.filtered_volume(fs, ft)
+        b, hs, ws, ht, wt = corr.shape
+        logits = corr.flatten(1, 2).flatten(2) / self.cfg.tau  # (B, Ns, Nt)
+        src = pixel_to_cell(batch["src_kps"], model.stride).round().long()
+        trg = pixel_to_cell(batch["trg_kps"], model.stride).round().long()
+        n = torch.as_tensor(batch["n_pts"], device=corr.device).view(-1)
+        valid = torch.arange(src.shape[1], device=corr.device)[None] < n[:, None]
+        valid &= (src[..., 0] >= 0) & (src[..., 0] < ws) & (src[..., 1] >= 0) & (src[..., 1] < hs)
+        valid &= (trg[..., 0] >= 0) & (trg[..., 0] < wt) & (trg[..., 1] >= 0) & (trg[..., 1] < ht)
+        if not valid.any():
+            raise ValueError("scc: strong supervision got a batch with no keypoint inside both images")
+        i = (src[..., 1] * ws + src[..., 0]).clamp(0, hs * ws - 1)
+        j = (trg[..., 1] * wt + trg[..., 0]).clamp(0, ht * wt - 1)
+        rows = logits.gather(1, i[..., None].expand(-1, -1, ht * wt))  # (B, N, Nt)
+        loss = F.cross_entropy(rows[valid], j[valid])
+        return loss, {"keypoint": float(loss.detach()), "keypoints": float(valid.sum())}

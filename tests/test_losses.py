@@ -1,0 +1,101 @@
+"""The weak cascade's losses and the keypoint loss on hand-made cases."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scc.losses import (LossConfig, StrongSupervision, WeakSupervision, image_loss, matchability, negative_index,
+                        pair_score, pixel_loss, pixel_weight, pseudo_labels, region_masks)
+from scc.model import ModelConfig, SCCNet
+
+
+def corr_from(fs, ft):
+    import scc_kernels as K
+
+    return K.correlation(F.normalize(fs, dim=1), F.normalize(ft, dim=1))
+
+
+def test_pair_score_prefers_matching_pairs():
+    f = torch.randn(1, 16, 4, 5)
+    same = pair_score(corr_from(f, f), 0.05)
+    other = pair_score(corr_from(f, torch.randn(1, 16, 4, 5)), 0.05)
+    assert 0 < other.item() < same.item() <= 1
+
+
+def test_negative_index_keeps_only_different_classes():
+    src, trg = negative_index(torch.tensor([0, 0, 1, 2]))
+    assert src.tolist() == [1, 2, 3] and trg.tolist() == [2, 3, 0]  # roll by 1; (0 -> 1) is same-class
+    src, trg = negative_index(torch.tensor([0, 0, 1, 1]))  # roll 1 gives 2 negatives
+    assert src.tolist() == [1, 3] and trg.tolist() == [2, 0]
+    assert negative_index(torch.tensor([3, 3]))[0].numel() == 0
+
+
+@pytest.mark.parametrize("kind", ["diff", "softplus"])
+def test_image_loss_decreases_as_positives_score_higher(kind):
+    cfg = LossConfig(image_loss=kind)
+    s_neg = torch.tensor([0.3, 0.4])
+    assert image_loss(torch.tensor([0.9]), s_neg, cfg) < image_loss(torch.tensor([0.5]), s_neg, cfg)
+    with pytest.raises(ValueError, match="image_loss"):
+        image_loss(s_neg, s_neg, LossConfig(image_loss="x"))
+
+
+def test_region_masks_follow_matchability():
+    cfg = LossConfig(region_temp=0.05)
+    m_pos = torch.tensor([[[0.9, 0.2]]])
+    m_neg = torch.tensor([[[0.3, 0.2]]])
+    m = region_masks(m_pos, m_neg, cfg)
+    assert m[0, 0, 0] > 0.99 and abs(m[0, 0, 1] - 0.5) < 1e-6
+    c = torch.rand(2, 3, 4, 5, 6)
+    ms, mt = matchability(c)
+    assert ms.shape == (2, 3, 4) and mt.shape == (2, 5, 6)
+    assert torch.equal(ms[1, 2, 3], c[1, 2, 3].max())
+
+
+def test_pseudo_labels_recover_a_clear_translation():
+    f = torch.randn(1, 32, 6, 9)
+    fs, ft = f[..., :7], f[..., 2:]  # target = source shifted 2 cells left
+    corr = corr_from(fs, ft)
+    ones_s, ones_t = torch.ones(1, 6, 7), torch.ones(1, 6, 7)
+    target, valid = pseudo_labels(corr, ones_s, ones_t, ModelConfig(), LossConfig(p_min=0.1))
+    i = torch.arange(42)
+    expect = i - 2  # same row, column - 2
+    ok = valid[0] & (i % 7 >= 2)
+    assert ok.sum() >= 20
+    assert torch.equal(target[0][ok], expect[ok])
+    _, none = pseudo_labels(corr, torch.zeros(1, 6, 7), ones_t, ModelConfig(), LossConfig())
+    assert not none.any()  # outside the source mask: no pseudo-label
+
+
+def test_pixel_loss_and_ramp():
+    corr = torch.rand(1, 2, 2, 2, 2, requires_grad=True)
+    target = torch.tensor([[0, 1, 2, 3]])
+    valid = torch.tensor([[True, False, True, False]])
+    loss = pixel_loss(corr, target, valid, 0.1)
+    (g,) = torch.autograd.grad(loss, corr)
+    assert torch.isfinite(loss) and g.abs().sum() > 0
+    assert pixel_loss(corr, target, torch.zeros_like(valid), 0.1).item() == 0
+    cfg = LossConfig(pixel_warmup=10, pixel_ramp=20, lambda_pixel=2.0)
+    assert [pixel_weight(s, cfg) for s in (0, 9, 10, 20, 30, 99)] == [0, 0, 0, 1.0, 2.0, 2.0]
+
+
+def test_weak_supervision_runs_and_backpropagates_to_the_projection():
+    torch.manual_seed(0)
+    net = SCCNet(ModelConfig(backbone_weights=None, proj_dim=8))
+    batch = dict(src_img=torch.rand(3, 3, 48, 48), trg_img=torch.rand(3, 3, 48, 48), label=torch.tensor([0, 1, 1]))
+    loss, terms = WeakSupervision(LossConfig(pixel_warmup=0, pixel_ramp=0, p_min=0.0, mask_min=0.0)).loss(net, batch, 5)
+    assert {"image", "region", "pixel", "s_pos", "s_neg"} <= set(terms)
+    loss.backward()
+    assert net.proj.weight.grad is not None and net.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="at least two classes"):
+        WeakSupervision().loss(net, dict(batch, label=torch.tensor([1, 1, 1])), 0)
+
+
+def test_strong_supervision_keypoint_loss():
+    net = SCCNet(ModelConfig(backbone_weights=None, proj_dim=8))
+    kps = torch.tensor([[[8.0, 8.0], [24.0, 40.0], [-1.0, -1.0]]])
+    batch = dict(src_img=torch.rand(1, 3, 48, 48), trg_img=torch.rand(1, 3, 48, 48), src_kps=kps, trg_kps=kps,
+                 n_pts=torch.tensor([2]))
+    loss, terms = StrongSupervision().loss(net, batch, 0)
+    assert terms["keypoints"] == 2 and torch.isfinite(loss)
+    loss.backward()
+    assert net.proj.weight.grad.abs().sum() > 0
