@@ -128,10 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data")
     model_args(m)
     m.set_defaults(func=cmd_match)
+    sub.add_parser("train", help="train SCCNet (weak: class labels only; strong: keypoints); see `scc train --help`")
     return ap
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":  # its own parser: TrainConfig fields through --config / --set
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

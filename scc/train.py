@@ -1,0 +1,258 @@
+"""`scc train`: weakly supervised (class labels only) or keypoint-supervised training of SCCNet.
+
+Single process (CPU or one GPU). Deterministic: the batch of every step is a pure function of
+(seed, step), so ``--resume`` continues from the last checkpoint with the same optimizer, scheduler,
+RNG and data order, and an interrupted run ends with the same weights as an uninterrupted one.
+Checkpoints are written atomically (temp file + rename) every ``ckpt_every`` steps and at the end,
+with the config and git commit; a NaN/inf loss stops the run with a clear message and keeps the
+last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import config as cfgmod
+from .losses import LossConfig, StrongSupervision, WeakSupervision
+from .model import ModelConfig, SCCNet, atomic_save
+
+
+def _train_model_config() -> ModelConfig:
+    return ModelConfig(proj_dim=128)  # training learns the projection (METHOD.md stage 0)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    mode: str = "weak"  # "weak" (class labels only) or "strong" (keypoints, e.g. pseudo-labels)
+    dataset: str = "imagefolder"  # weak: "imagefolder" | "synthetic"; strong: "spair" | "synthetic" | "pf-willow"
+    data: str = "../shared/data/imagenette/train"
+    img_size: int = 224
+    num_pairs: int = 20000  # pairs drawn from a class-folder dataset (weak)
+    batch_size: int = 8
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50  # linear learning-rate warm-up, then cosine decay to 0 at `steps`
+    grad_clip: float = 1.0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    unfreeze_backbone: bool = False
+    use_region: bool = True  # weak: region-level loss and masks
+    use_pixel: bool = True  # weak: pixel-level loss on online pseudo-labels
+    seed: int = 0
+    out: str = "runs/train"
+    ckpt_every: int = 200
+    log_every: int = 10
+    device: str = "cpu"
+    model: ModelConfig = dataclasses.field(default_factory=_train_model_config)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def make_train_dataset(cfg: TrainConfig):
+    if cfg.dataset == "imagefolder":
+        from .data.imagefolder import ImageFolderPairs
+
+        ds = ImageFolderPairs(cfg.data, cfg.img_size, cfg.num_pairs, cfg.seed)
+        if ds.num_classes < 2 and cfg.mode == "weak":
+            raise ValueError(f"scc: weak training needs at least two classes; {cfg.data} has {ds.num_classes}")
+        return ds
+    if cfg.dataset == "synthetic":
+        from .data.synthetic import SyntheticPairs
+
+        return SyntheticPairs(num_classes=6, num_pairs=cfg.num_pairs, img_size=cfg.img_size, seed=cfg.seed)
+    if cfg.mode == "strong":
+        from .data import make_dataset
+
+        return make_dataset(cfg.dataset, cfg.data, cfg.img_size, split="trn")
+    raise ValueError(f"scc: unknown training dataset {cfg.dataset!r}")
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The dataset indices of `step`: epochs are seeded permutations, so any step can be recomputed."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[k * batch_size:(k + 1) * batch_size].tolist()
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        if isinstance(vals[0], torch.Tensor):
+            if any(v.shape != vals[0].shape for v in vals):
+                raise ValueError(f"scc: training batches need equal `{key}` shapes; resize the images "
+                                 "to a square (img_size)")
+            out[key] = torch.stack(vals)
+        elif isinstance(vals[0], (int, float)):
+            out[key] = torch.tensor(vals)
+        else:
+            out[key] = vals
+    return out
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _rng_state() -> dict:
+    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.model = SCCNet(cfg.model).to(self.device)
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(cfg.unfreeze_backbone)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("scc: nothing to train: set model.proj_dim > 0, neigh_consensus, unmatched_bin, or "
+                             "unfreeze_backbone")
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
+        if cfg.mode == "weak":
+            self.strategy = WeakSupervision(cfg.loss, cfg.use_region, cfg.use_pixel)
+        elif cfg.mode == "strong":
+            self.strategy = StrongSupervision(cfg.loss)
+        else:
+            raise ValueError(f"scc: TrainConfig.mode must be 'weak' or 'strong', got {cfg.mode!r}")
+        self.dataset = make_train_dataset(cfg)
+        if len(self.dataset) < cfg.batch_size:
+            raise ValueError(f"scc: the training set has {len(self.dataset)} pairs, fewer than one batch "
+                             f"({cfg.batch_size})")
+        self.step = 0
+        self.out = Path(cfg.out)
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def save(self) -> None:
+        self.model.save(str(self.out / "model.pt"), include_backbone=self.cfg.unfreeze_backbone)
+        state = dict(step=self.step, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
+                     scheduler=self.sched.state_dict(), rng=_rng_state(), config=cfgmod.to_dict(self.cfg),
+                     git_commit=git_commit())
+        atomic_save(state, str(self.last_path))
+
+    def resume(self) -> None:
+        if not self.last_path.is_file():
+            raise FileNotFoundError(f"scc: --resume: no checkpoint at {self.last_path}")
+        state = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        if state["config"] != cfgmod.to_dict(self.cfg):
+            raise ValueError(f"scc: --resume: {self.last_path} was written with another config; resume with the "
+                             f"same config (see {self.out / 'config.yaml'})")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step = state["step"]
+
+    # ---- loop ------------------------------------------------------------------------------------------
+
+    def batch(self, step: int) -> dict:
+        idx = batch_indices(len(self.dataset), self.cfg.batch_size, self.cfg.seed, step)
+        b = collate([self.dataset[i] for i in idx])
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+
+    def run(self, progress: bool = True, stop_after: int | None = None) -> dict:
+        """Train until cfg.steps (or only `stop_after` more steps: what a killed run does, leaving its last
+        periodic checkpoint behind)."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfgmod.save_yaml(cfg, self.out / "config.yaml")
+        log = open(self.out / "metrics.jsonl", "a")
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.mode}", disable=not progress, unit="step")
+        self.model.train()
+        self.model.backbone.train(cfg.unfreeze_backbone)  # a frozen backbone keeps its BN statistics
+        use_amp = cfg.amp and self.device.type == "cuda"
+        terms = {}
+        t0 = time.time()
+        while self.step < end:
+            batch = self.batch(self.step)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, terms = self.strategy.loss(self.model, batch, self.step)
+            if not torch.isfinite(loss):
+                log.close()
+                raise FloatingPointError(f"scc: non-finite loss {loss.item()} at step {self.step} ({terms}); "
+                                         f"stopped; the last good checkpoint is {self.last_path}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("image", "region", "pixel", "keypoint")})
+            if self.step % cfg.log_every == 0 or self.step == end:
+                rec = dict(step=self.step, lr=self.sched.get_last_lr()[0], loss=float(loss.detach()), **terms,
+                           pairs_per_s=round(cfg.batch_size * cfg.log_every / max(time.time() - t0, 1e-9), 2))
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                t0 = time.time()
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save()
+        bar.close()
+        log.close()
+        return terms
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="scc train", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="YAML file with TrainConfig fields (model.* and loss.* nested)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field, e.g. --set steps=500 --set model.vote=false (repeatable)")
+    ap.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    args = ap.parse_args(argv)
+    try:
+        cfg = cfgmod.load(TrainConfig, args.config, args.set)
+        trainer = Trainer(cfg)
+        if args.resume:
+            trainer.resume()
+        trainer.run()
+    except (FileNotFoundError, ValueError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: {trainer.step} steps; checkpoint {trainer.out / 'model.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

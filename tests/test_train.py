@@ -1,0 +1,105 @@
+"""Training: exact resume after an interruption, NaN stop keeping the last good checkpoint, disk full,
+bad datasets. On the synthetic generator with a small model, so CI stays fast."""
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+
+from scc import train as T
+from scc.model import ModelConfig, SCCNet
+
+SETS = ["dataset=synthetic", "img_size=64", "batch_size=4", "steps=6", "num_pairs=40", "ckpt_every=3",
+        "log_every=1", "model.proj_dim=16", "model.vote_radius=1", "loss.pixel_warmup=2", "loss.pixel_ramp=2",
+        "loss.p_min=0.0", "warmup_steps=2"]
+
+
+def cfg(tmp_path, *extra):
+    return T.cfgmod.load(T.TrainConfig, None, SETS + [f"out={tmp_path}"] + list(extra))
+
+
+def trainable(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+    a = T.Trainer(cfg(tmp_path / "a"))
+    a.run(progress=False)
+    b = T.Trainer(cfg(tmp_path / "b"))
+    b.run(progress=False, stop_after=5)  # "killed" after step 5; its last checkpoint is step 3
+    c = T.Trainer(cfg(tmp_path / "b"))
+    c.resume()
+    assert c.step == 3
+    c.run(progress=False)
+    wa, wc = trainable(a.model), trainable(c.model)
+    assert wa.keys() == wc.keys()
+    for k in wa:
+        torch.testing.assert_close(wc[k], wa[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(wa[k], trainable(T.Trainer(cfg(tmp_path / "z")).model)[k]) for k in wa)  # it learned
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and '"pixel"' in lines[-1]
+    net = SCCNet.from_checkpoint(str(tmp_path / "a" / "model.pt"))
+    assert net.config.proj_dim == 16
+    assert not list((tmp_path / "a").glob(".tmp-*"))
+
+
+def test_resume_refuses_another_config(tmp_path):
+    T.Trainer(cfg(tmp_path)).run(progress=False, stop_after=3)
+    other = T.Trainer(cfg(tmp_path, "lr=0.5"))
+    with pytest.raises(ValueError, match="another config"):
+        other.resume()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        T.Trainer(cfg(tmp_path / "empty")).resume()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    tr = T.Trainer(cfg(tmp_path))
+    real = tr.strategy.loss
+
+    def poisoned(model, batch, step):
+        loss, terms = real(model, batch, step)
+        return (loss * float("nan") if step == 4 else loss), terms
+
+    monkeypatch.setattr(tr.strategy, "loss", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite loss .* at step 4"):
+        tr.run(progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_disk_full_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    tr = T.Trainer(cfg(tmp_path))
+    tr.run(progress=False, stop_after=3)
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(T.torch, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        tr.save()
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_weak_training_needs_two_classes(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        (tmp_path / "data" / "n001").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(tmp_path / "data" / "n001" / f"{i}.JPEG")
+    with pytest.raises(ValueError, match="at least two classes"):
+        T.Trainer(cfg(tmp_path, "dataset=imagefolder", f"data={tmp_path / 'data'}"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class folders"):
+        T.Trainer(cfg(tmp_path, "dataset=imagefolder", f"data={tmp_path / 'empty'}"))
+
+
+def test_cli_train_entry(tmp_path, capsys):
+    from scc.cli import main
+
+    assert main(["train", *sum((["--set", s] for s in SETS + [f"out={tmp_path}", "steps=2"]), [])]) == 0
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "config.yaml").is_file()
+    assert main(["train", "--set", "nope=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
