@@ -79,5 +79,4 @@ def extensions():
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension},
-    entry_points={"console_scripts": ["scc=scc.cli:main"]},
 )
