@@ -106,6 +106,30 @@ class SCCNet(nn.Module):
             x = F.normalize(self.proj(x), dim=1)
         return x
 
+    @torch.no_grad()
+    def init_projection_pca(self, images: torch.Tensor, chunk: int = 16) -> float:
+        """Initialise the 1x1 projection with the principal directions of the hyperpixel features of
+        ``images`` (B, 3, H, W), centred on their mean: training then starts from a projection that keeps
+        most of the features' variance instead of a random one. Returns the variance fraction kept."""
+        if self.proj is None:
+            raise ValueError("scc: init_projection_pca needs ModelConfig.proj_dim > 0")
+        proj, self.proj = self.proj, None  # features() without the projection
+        try:
+            feats = torch.cat([self.features(images[i:i + chunk]).flatten(2).transpose(1, 2).reshape(-1, proj.in_channels)
+                               for i in range(0, len(images), chunk)])
+        finally:
+            self.proj = proj
+        mean = feats.mean(0)
+        centred = feats - mean
+        _, svals, vh = torch.linalg.svd(centred, full_matrices=False)
+        d = proj.out_channels
+        if vh.shape[0] < d:
+            raise ValueError(f"scc: PCA needs at least {d} feature vectors, got {vh.shape[0]} (use more images)")
+        proj.weight.copy_(vh[:d, :, None, None])
+        proj.bias.copy_(-(vh[:d] @ mean))
+        var = svals**2
+        return float(var[:d].sum() / var.sum())
+
     def filtered_volume(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
         """Correlation + mutual filtering (+ neighbourhood consensus): (B, hs, ws, ht, wt)."""
         cfg = self.config

@@ -49,6 +49,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     unfreeze_backbone: bool = False
+    proj_init: str = "pca"  # "pca": principal directions of the hyperpixels of proj_init_pairs pairs; "random"
+    proj_init_pairs: int = 32
     use_region: bool = True  # weak: region-level loss and masks
     use_pixel: bool = True  # weak: pixel-level loss on online pseudo-labels
     seed: int = 0
@@ -156,6 +158,13 @@ class Trainer:
                              f"({cfg.batch_size})")
         self.step = 0
         self.out = Path(cfg.out)
+        if cfg.proj_init == "pca" and self.model.proj is not None:
+            n = min(cfg.proj_init_pairs, len(self.dataset))
+            imgs = torch.cat([torch.stack([self.dataset[i]["src_img"], self.dataset[i]["trg_img"]]) for i in range(n)])
+            self.model.eval()
+            self.pca_variance = self.model.init_projection_pca(imgs.to(self.device))
+        elif cfg.proj_init not in ("pca", "random"):
+            raise ValueError(f"scc: TrainConfig.proj_init must be 'pca' or 'random', got {cfg.proj_init!r}")
 
     # ---- checkpoints ---------------------------------------------------------------------------------
 

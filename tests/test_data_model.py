@@ -216,3 +216,20 @@ def test_other_timm_backbone_from_a_local_weights_file(tmp_path):
     with torch.no_grad():
         out = net.eval().match(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 48, 64))
     assert out["flow"].shape == (1, 4, 4, 2)
+
+
+def test_projection_pca_initialisation_keeps_the_principal_subspace():
+    from scc.model import ModelConfig, SCCNet
+
+    torch.manual_seed(0)
+    net = SCCNet(ModelConfig(backbone_weights=None, proj_dim=8)).eval()
+    imgs = torch.rand(4, 3, 64, 64)
+    kept = net.init_projection_pca(imgs)
+    assert 0 < kept <= 1
+    w = net.proj.weight[:, :, 0, 0]
+    torch.testing.assert_close(w @ w.t(), torch.eye(8), atol=1e-4, rtol=0)  # orthonormal rows
+    with torch.no_grad():
+        f = net.features(imgs)
+    assert f.shape[1] == 8 and torch.isfinite(f).all()
+    with pytest.raises(ValueError, match="proj_dim > 0"):
+        SCCNet(ModelConfig(backbone_weights=None)).init_projection_pca(imgs)
