@@ -54,6 +54,11 @@ class TrainConfig:
     use_region: bool = True  # weak: region-level loss and masks
     use_pixel: bool = True  # weak: pixel-level loss on online pseudo-labels
     seed: int = 0
+    val_every: int = 0  # steps between validations (0: never); PCK on a keypoint set, logged with the losses
+    val_dataset: str = "pf-willow"
+    val_data: str = "../shared/data/pf-willow"
+    val_pairs: int = 90  # evenly spaced pairs of the validation set (0: all)
+    tensorboard: bool = True  # scalars under <out>/tb
     out: str = "runs/train"
     ckpt_every: int = 200
     log_every: int = 10
@@ -194,6 +199,20 @@ class Trainer:
 
     # ---- loop ------------------------------------------------------------------------------------------
 
+    def validate(self) -> dict:
+        from .data import make_dataset
+        from .evaluate import EvalConfig, evaluate
+
+        cfg = self.cfg
+        if not hasattr(self, "_val_set"):
+            ds = make_dataset(cfg.val_dataset, cfg.val_data, 320)
+            k = max(1, len(ds) // cfg.val_pairs) if cfg.val_pairs else 1
+            self._val_set = torch.utils.data.Subset(ds, list(range(0, len(ds), k))[: cfg.val_pairs or None])
+        rep = evaluate(self.model, self._val_set, EvalConfig(dataset=cfg.val_dataset, device=cfg.device), progress=False)
+        self.model.train()
+        self.model.backbone.train(cfg.unfreeze_backbone)
+        return {f"val_{k}": v["per_image"] for k, v in rep["overall"].items() if k.startswith("pck")}
+
     def batch(self, step: int) -> dict:
         idx = batch_indices(len(self.dataset), self.cfg.batch_size, self.cfg.seed, step)
         b = collate([self.dataset[i] for i in idx])
@@ -211,6 +230,11 @@ class Trainer:
         self.model.train()
         self.model.backbone.train(cfg.unfreeze_backbone)  # a frozen backbone keeps its BN statistics
         use_amp = cfg.amp and self.device.type == "cuda"
+        writer = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step)
         terms = {}
         t0 = time.time()
         while self.step < end:
@@ -219,6 +243,8 @@ class Trainer:
                 loss, terms = self.strategy.loss(self.model, batch, self.step)
             if not torch.isfinite(loss):
                 log.close()
+                if writer is not None:
+                    writer.close()
                 raise FloatingPointError(f"scc: non-finite loss {loss.item()} at step {self.step} ({terms}); "
                                          f"stopped; the last good checkpoint is {self.last_path}")
             self.opt.zero_grad(set_to_none=True)
@@ -230,16 +256,23 @@ class Trainer:
             self.step += 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("image", "region", "pixel", "keypoint")})
-            if self.step % cfg.log_every == 0 or self.step == end:
-                rec = dict(step=self.step, lr=self.sched.get_last_lr()[0], loss=float(loss.detach()), **terms,
+            val = self.validate() if cfg.val_every and self.step % cfg.val_every == 0 else {}
+            if self.step % cfg.log_every == 0 or self.step == end or val:
+                rec = dict(step=self.step, lr=self.sched.get_last_lr()[0], loss=float(loss.detach()), **terms, **val,
                            pairs_per_s=round(cfg.batch_size * cfg.log_every / max(time.time() - t0, 1e-9), 2))
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
+                if writer is not None:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(k, v, self.step)
                 t0 = time.time()
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self.save()
         bar.close()
         log.close()
+        if writer is not None:
+            writer.close()
         return terms
 
 

@@ -103,3 +103,13 @@ def test_cli_train_entry(tmp_path, capsys):
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "config.yaml").is_file()
     assert main(["train", "--set", "nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_validation_and_tensorboard_scalars(tmp_path):
+    tr = T.Trainer(cfg(tmp_path, "steps=2", "val_every=2", "val_dataset=synthetic", "val_pairs=4"))
+    tr.run(progress=False)
+    import json
+
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= last["val_pck@0.1"] <= 1
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
