@@ -138,13 +138,15 @@ class WeakSupervision:
         self.cfg = cfg or LossConfig()
         self.use_region, self.use_pixel = use_region, use_pixel
 
-    def loss(self, model, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
+    def loss(self, model, batch: dict, step: int, forward=None) -> tuple[torch.Tensor, dict]:
+        """``forward``: what computes (fs, ft) from the images, e.g. a DistributedDataParallel wrapper of
+        ``model`` (default: ``model`` itself)."""
         cfg = self.cfg
         labels = torch.as_tensor(batch["label"], device=batch["src_img"].device)
         src_i, trg_j = negative_index(labels)
         if src_i.numel() == 0:
             raise ValueError("scc: weak supervision needs images of at least two classes in a batch")
-        fs, ft = model.features(batch["src_img"]), model.features(batch["trg_img"])
+        fs, ft = (forward or model)(batch["src_img"], batch["trg_img"])
         corr_pos = model.filtered_volume(fs, ft)
         corr_neg = model.filtered_volume(fs[src_i], ft[trg_j])
         s_pos, s_neg = pair_score(corr_pos, cfg.tau), pair_score(corr_neg, cfg.tau)
@@ -180,8 +182,8 @@ class StrongSupervision:
     def __init__(self, cfg: LossConfig | None = None):
         self.cfg = cfg or LossConfig()
 
-    def loss(self, model, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
-        fs, ft = model.features(batch["src_img"]), model.features(batch["trg_img"])
+    def loss(self, model, batch: dict, step: int, forward=None) -> tuple[torch.Tensor, dict]:
+        fs, ft = (forward or model)(batch["src_img"], batch["trg_img"])
         corr = model.filtered_volume(fs, ft)
         b, hs, ws, ht, wt = corr.shape
         logits = corr.flatten(1, 2).flatten(2) / self.cfg.tau  # (B, Ns, Nt)
@@ -196,5 +198,10 @@ class StrongSupervision:
         i = (src[..., 1] * ws + src[..., 0]).clamp(0, hs * ws - 1)
         j = (trg[..., 1] * wt + trg[..., 0]).clamp(0, ht * wt - 1)
         rows = logits.gather(1, i[..., None].expand(-1, -1, ht * wt))  # (B, N, Nt)
-        loss = F.cross_entropy(rows[valid], j[valid])
+        ce = F.cross_entropy(rows.flatten(0, 1), j.flatten(), reduction="none").view(b, -1) * valid
+        # mean over each pair's keypoints, then over pairs (pairs weigh the same whatever their keypoint count,
+        # so means over equal shares of a batch on several ranks average to the mean over the whole batch)
+        per_pair = ce.sum(1) / valid.sum(1).clamp(min=1)
+        has = valid.any(1)
+        loss = per_pair[has].mean()
         return loss, {"keypoint": float(loss.detach()), "keypoints": float(valid.sum())}

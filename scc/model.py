@@ -130,6 +130,10 @@ class SCCNet(nn.Module):
         var = svals**2
         return float(var[:d].sum() / var.sum())
 
+    def forward(self, src_img: torch.Tensor, trg_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fs, ft): the features of a batch of pairs (what training wraps in DistributedDataParallel)."""
+        return self.features(src_img), self.features(trg_img)
+
     def filtered_volume(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
         """Correlation + mutual filtering (+ neighbourhood consensus): (B, hs, ws, ht, wt)."""
         cfg = self.config

@@ -1,6 +1,8 @@
 """`scc train`: weakly supervised (class labels only) or keypoint-supervised training of SCCNet.
 
-Single process (CPU or one GPU). Deterministic: the batch of every step is a pure function of
+One process (CPU or one GPU), or several under torchrun (`torchrun --nproc_per_node=N -m scc.train ...`):
+DistributedDataParallel, gloo on CPU and nccl on GPUs, each rank taking an equal share of every global
+batch (`batch_size` is the global batch), rank 0 logging, validating and checkpointing. Deterministic: the batch of every step is a pure function of
 (seed, step), so ``--resume`` continues from the last checkpoint with the same optimizer, scheduler,
 RNG and data order, and an interrupted run ends with the same weights as an uninterrupted one.
 Checkpoints are written atomically (temp file + rename) every ``ckpt_every`` steps and at the end,
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from . import config as cfgmod
@@ -135,10 +138,25 @@ def _set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
 
 
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; (0, 1, device) for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.rank, self.world, self.device = _distributed(torch.device(cfg.device))
+        if cfg.batch_size % self.world:
+            raise ValueError(f"scc: batch_size {cfg.batch_size} (the global batch) must divide among {self.world} ranks")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
@@ -149,6 +167,12 @@ class Trainer:
         if not params:
             raise ValueError("scc: nothing to train: set model.proj_dim > 0, neigh_consensus, unmatched_bin, or "
                              "unfreeze_backbone")
+        self.ddp = None
+        if self.world > 1:
+            # find_unused_parameters: some parameters only act under no_grad (pseudo-labels) in some steps
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         if cfg.mode == "weak":
@@ -178,6 +202,8 @@ class Trainer:
         return self.out / "last.pt"
 
     def save(self) -> None:
+        if self.rank != 0:
+            return
         self.model.save(str(self.out / "model.pt"), include_backbone=self.cfg.unfreeze_backbone)
         state = dict(step=self.step, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
                      scheduler=self.sched.state_dict(), rng=_rng_state(), config=cfgmod.to_dict(self.cfg),
@@ -214,7 +240,7 @@ class Trainer:
         return {f"val_{k}": v["per_image"] for k, v in rep["overall"].items() if k.startswith("pck")}
 
     def batch(self, step: int) -> dict:
-        idx = batch_indices(len(self.dataset), self.cfg.batch_size, self.cfg.seed, step)
+        idx = batch_indices(len(self.dataset), self.cfg.batch_size, self.cfg.seed, step)[self.rank::self.world]
         b = collate([self.dataset[i] for i in idx])
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
 
@@ -222,16 +248,19 @@ class Trainer:
         """Train until cfg.steps (or only `stop_after` more steps: what a killed run does, leaving its last
         periodic checkpoint behind)."""
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        cfgmod.save_yaml(cfg, self.out / "config.yaml")
-        log = open(self.out / "metrics.jsonl", "a")
+        lead = self.rank == 0
+        if lead:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfgmod.save_yaml(cfg, self.out / "config.yaml")
+        log = open(self.out / "metrics.jsonl", "a") if lead else None
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.mode}", disable=not progress, unit="step")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.mode}", disable=not (progress and lead),
+                   unit="step")
         self.model.train()
         self.model.backbone.train(cfg.unfreeze_backbone)  # a frozen backbone keeps its BN statistics
         use_amp = cfg.amp and self.device.type == "cuda"
         writer = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and lead:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step)
@@ -240,9 +269,13 @@ class Trainer:
         while self.step < end:
             batch = self.batch(self.step)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, terms = self.strategy.loss(self.model, batch, self.step)
-            if not torch.isfinite(loss):
-                log.close()
+                loss, terms = self.strategy.loss(self.model, batch, self.step, forward=self.ddp)
+            finite = torch.isfinite(loss.detach()).float()
+            if self.world > 1:  # every rank stops together (a lone rank would hang in the gradient all-reduce)
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
+                if log is not None:
+                    log.close()
                 if writer is not None:
                     writer.close()
                 raise FloatingPointError(f"scc: non-finite loss {loss.item()} at step {self.step} ({terms}); "
@@ -256,8 +289,8 @@ class Trainer:
             self.step += 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("image", "region", "pixel", "keypoint")})
-            val = self.validate() if cfg.val_every and self.step % cfg.val_every == 0 else {}
-            if self.step % cfg.log_every == 0 or self.step == end or val:
+            val = self.validate() if lead and cfg.val_every and self.step % cfg.val_every == 0 else {}
+            if lead and (self.step % cfg.log_every == 0 or self.step == end or val):
                 rec = dict(step=self.step, lr=self.sched.get_last_lr()[0], loss=float(loss.detach()), **terms, **val,
                            pairs_per_s=round(cfg.batch_size * cfg.log_every / max(time.time() - t0, 1e-9), 2))
                 log.write(json.dumps(rec) + "\n")
@@ -270,7 +303,8 @@ class Trainer:
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self.save()
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         if writer is not None:
             writer.close()
         return terms
