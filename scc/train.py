@@ -2,7 +2,9 @@
 
 One process (CPU or one GPU), or several under torchrun (`torchrun --nproc_per_node=N -m scc.train ...`):
 DistributedDataParallel, gloo on CPU and nccl on GPUs, each rank taking an equal share of every global
-batch (`batch_size` is the global batch), rank 0 logging, validating and checkpointing. Deterministic: the batch of every step is a pure function of
+batch (`batch_size` is the global batch), rank 0 logging, validating and checkpointing. Gradients are
+averaged over ranks, so keypoint (strong) training equals a single process with the same global batch;
+weak training forms its batch-rolled negatives within each rank's share, so it does not. Deterministic: the batch of every step is a pure function of
 (seed, step), so ``--resume`` continues from the last checkpoint with the same optimizer, scheduler,
 RNG and data order, and an interrupted run ends with the same weights as an uninterrupted one.
 Checkpoints are written atomically (temp file + rename) every ``ckpt_every`` steps and at the end,
