@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from . import config as cfgmod
+from .data import make_dataset
 from .evaluate import EvalConfig, evaluate, format_table, write_report
 from .model import ModelConfig, SCCNet
 
@@ -22,12 +23,6 @@ def _model(args) -> SCCNet:
     return SCCNet(cfgmod.load(ModelConfig, args.model_config, args.set_model))
 
 
-def _dataset(name: str, root: str, img_size: int):
-    from .data import make_dataset
-
-    return make_dataset(name, root, img_size)
-
-
 def cmd_eval(args) -> int:
     cfg = cfgmod.load(EvalConfig, args.config, args.set)
     overrides = {k: v for k, v in dict(dataset=args.dataset, data=args.data, device=args.device,
@@ -35,7 +30,7 @@ def cmd_eval(args) -> int:
     cfg = cfgmod.apply_overrides(cfg, overrides)
     torch.manual_seed(cfg.seed)
     model = _model(args)
-    report = evaluate(model, _dataset(cfg.dataset, cfg.data, cfg.img_size), cfg)
+    report = evaluate(model, make_dataset(cfg.dataset, cfg.data, cfg.img_size), cfg)
     report["command"] = " ".join(["scc"] + sys.argv[1:])
     out = Path(args.out or f"results/eval-{cfg.dataset}.json")
     write_report(report, str(out))
@@ -63,7 +58,7 @@ def cmd_match(args) -> int:
             raise SystemExit("scc: --pair needs --dataset and --data")
         from .evaluate import threshold_size
 
-        ds = _dataset(args.dataset, args.data, args.img_size)
+        ds = make_dataset(args.dataset, args.data, args.img_size)
         item = ds[args.pair]
         src, trg = item["src_img"], item["trg_img"]
         with torch.no_grad():

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import config as cfgmod
+from .data.common import kp_box
 
 THRESHOLDS = ("img", "bbox", "bbox-kp")
 
@@ -43,9 +44,7 @@ def threshold_size(batch: dict, kind: str, i: int = 0) -> float:
     if kind == "bbox":
         box = batch["trg_bbox"][i]
     elif kind == "bbox-kp":
-        n = int(batch["n_pts"][i])
-        kps = batch["trg_kps"][i, :n]
-        box = torch.cat([kps.min(0).values, kps.max(0).values])
+        box = kp_box(batch["trg_kps"][i, : int(batch["n_pts"][i])])
     else:
         raise ValueError(f"scc: threshold must be one of {THRESHOLDS}, got {kind!r}")
     return float((box[2:] - box[:2]).max())

@@ -153,18 +153,18 @@ class WeakSupervision:
         terms = {"image": image_loss(s_pos, s_neg, cfg)}
         total = terms["image"]
         ms_pos, mt_pos = matchability(corr_pos)
-        ms_neg, mt_neg = matchability(corr_neg)
-        # m_neg of item i: the mean over the negatives it takes part in (as source, resp. as target)
-        ms_n = torch.zeros_like(ms_pos).index_add(0, src_i, ms_neg)
-        ms_n = ms_n / torch.bincount(src_i, minlength=len(labels)).clamp(min=1).view(-1, 1, 1)
-        mt_n = torch.zeros_like(mt_pos).index_add(0, trg_j, mt_neg)
-        mt_n = mt_n / torch.bincount(trg_j, minlength=len(labels)).clamp(min=1).view(-1, 1, 1)
-        mask_s, mask_t = region_masks(ms_pos, ms_n, cfg), region_masks(mt_pos, mt_n, cfg)
         if self.use_region:
+            ms_neg, mt_neg = matchability(corr_neg)
+            # m_neg of item i: the mean over the negatives it takes part in (as source, resp. as target)
+            ms_n = torch.zeros_like(ms_pos).index_add(0, src_i, ms_neg)
+            ms_n = ms_n / torch.bincount(src_i, minlength=len(labels)).clamp(min=1).view(-1, 1, 1)
+            mt_n = torch.zeros_like(mt_pos).index_add(0, trg_j, mt_neg)
+            mt_n = mt_n / torch.bincount(trg_j, minlength=len(labels)).clamp(min=1).view(-1, 1, 1)
+            mask_s, mask_t = region_masks(ms_pos, ms_n, cfg), region_masks(mt_pos, mt_n, cfg)
             terms["region"] = 0.5 * (region_loss(ms_pos, ms_n, mask_s, cfg) + region_loss(mt_pos, mt_n, mask_t, cfg))
             total = total + cfg.lambda_region * terms["region"]
         else:
-            mask_s, mask_t = torch.ones_like(mask_s), torch.ones_like(mask_t)
+            mask_s, mask_t = torch.ones_like(ms_pos), torch.ones_like(mt_pos)
         w = pixel_weight(step, cfg) if self.use_pixel else 0.0
         if w > 0:
             target, valid = pseudo_labels(corr_pos.detach(), mask_s.detach(), mask_t.detach(), model.config, cfg,
