@@ -22,8 +22,11 @@ def _coerce(value, current, ftype, key):
         return apply_overrides(current, value)
     if isinstance(current, tuple) and isinstance(value, list):
         return tuple(value)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # also "1e-4", which YAML 1.1 reads as a string
+        except ValueError:
+            pass
     if current is not None and value is not None and not isinstance(value, type(current)):
         raise ValueError(f"scc: config key `{key}` expects {type(current).__name__}, got {value!r}")
     return value

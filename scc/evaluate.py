@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from . import config as cfgmod
 from .data.common import kp_box
+from .io import atomic_write_json
 
 THRESHOLDS = ("img", "bbox", "bbox-kp")
 
@@ -129,8 +130,4 @@ def format_table(report: dict) -> str:
 
 
 def write_report(report: dict, path: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(p)
+    atomic_write_json(path, report)

@@ -45,6 +45,15 @@ class LossConfig:
     pixel_ramp: int = 400  # steps of linear ramp from 0 to lambda_pixel after the warm-up
     p_min: float = 0.3  # minimum calibrated probability of a pseudo-label
     mask_min: float = 0.5  # both masks must exceed this at a pseudo-label's source and target cells
+    # where pseudo-labels come from: "calibrated" (the cascade: calibrated probabilities, p_min threshold) or
+    # "vote" (the ablation without calibration: argmax of corr * g, mutual and inside the masks, no threshold)
+    pseudo_source: str = "calibrated"
+
+
+def features(model, batch: dict, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fs, ft) of a batch: from cached hyperpixels (`src_hyper`, `trg_hyper`) when the batch has them,
+    else from the images; through ``forward`` (e.g. a DistributedDataParallel wrapper) when given."""
+    return (forward or model)(batch.get("src_img"), batch.get("trg_img"), batch.get("src_hyper"), batch.get("trg_hyper"))
 
 
 def pair_score(corr: torch.Tensor, tau: float) -> torch.Tensor:
@@ -105,14 +114,21 @@ def pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=No
     argmax of the backward distribution at j*) and lies inside both masks. -> (target (B, Ns), valid (B, Ns))."""
     b, hs, ws, ht, wt = corr.shape
     g = K.masked_vote(corr, mask_s, mask_t, model_cfg.vote_mode, model_cfg.vote_radius, model_cfg.vote_sigma)
-    P, _ = K.calibrate(corr, g, model_cfg.lam, model_cfg.tau, bin_logit)
-    Pb, _ = K.calibrate(corr.permute(0, 3, 4, 1, 2), g.permute(0, 3, 4, 1, 2), model_cfg.lam, model_cfg.tau, bin_logit)
+    if cfg.pseudo_source == "calibrated":
+        P, _ = K.calibrate(corr, g, model_cfg.lam, model_cfg.tau, bin_logit)
+        Pb, _ = K.calibrate(corr.permute(0, 3, 4, 1, 2), g.permute(0, 3, 4, 1, 2), model_cfg.lam, model_cfg.tau, bin_logit)
+        p_min = cfg.p_min
+    elif cfg.pseudo_source == "vote":
+        P = (corr * g).reshape(b, hs * ws, ht * wt)
+        Pb, p_min = P.transpose(1, 2), -1.0
+    else:
+        raise ValueError(f"scc: LossConfig.pseudo_source must be 'calibrated' or 'vote', got {cfg.pseudo_source!r}")
     conf, j = P.max(dim=2)  # (B, Ns)
     back = Pb.argmax(dim=2)  # (B, Nt): best source of each target
     i = torch.arange(hs * ws, device=corr.device).expand(b, -1)
     mutual = back.gather(1, j) == i
     inside = (mask_s.flatten(1) > cfg.mask_min) & (mask_t.flatten(1).gather(1, j) > cfg.mask_min)
-    return j, (conf > cfg.p_min) & mutual & inside
+    return j, (conf > p_min) & mutual & inside
 
 
 def pixel_loss(corr: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
@@ -142,11 +158,11 @@ class WeakSupervision:
         """``forward``: what computes (fs, ft) from the images, e.g. a DistributedDataParallel wrapper of
         ``model`` (default: ``model`` itself)."""
         cfg = self.cfg
-        labels = torch.as_tensor(batch["label"], device=batch["src_img"].device)
+        fs, ft = features(model, batch, forward)
+        labels = torch.as_tensor(batch["label"], device=fs.device)
         src_i, trg_j = negative_index(labels)
         if src_i.numel() == 0:
             raise ValueError("scc: weak supervision needs images of at least two classes in a batch")
-        fs, ft = (forward or model)(batch["src_img"], batch["trg_img"])
         corr_pos = model.filtered_volume(fs, ft)
         corr_neg = model.filtered_volume(fs[src_i], ft[trg_j])
         s_pos, s_neg = pair_score(corr_pos, cfg.tau), pair_score(corr_neg, cfg.tau)
@@ -173,7 +189,22 @@ class WeakSupervision:
             terms["pseudo_labels_per_pair"] = valid.float().sum(1).mean().detach()
             total = total + w * terms["pixel"]
         terms["s_pos"], terms["s_neg"] = s_pos.mean().detach(), s_neg.mean().detach()
+        # what the first pair looked like (training draws it now and then): masks and the volume
+        self.last = dict(corr=corr_pos[:1].detach(), mask_s=mask_s[:1].detach(), mask_t=mask_t[:1].detach())
         return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def picture_data(self, model) -> dict | None:
+        """Masks (hs, ws), (ht, wt) and pseudo-labels (source cells, target cells as (col, row)) of the
+        first pair of the last batch, or None before the first step."""
+        last = getattr(self, "last", None)
+        if last is None:
+            return None
+        target, valid = pseudo_labels(last["corr"], last["mask_s"], last["mask_t"], model.config, self.cfg, model.bin_logit)
+        _, hs, ws, ht, wt = last["corr"].shape
+        i = torch.nonzero(valid[0]).flatten()
+        j = target[0, i]
+        return dict(mask_s=last["mask_s"][0], mask_t=last["mask_t"][0],
+                    src_cells=torch.stack([i % ws, i // ws], -1).float(), trg_cells=torch.stack([j % wt, j // wt], -1).float())
 
 
 class StrongSupervision:
@@ -183,7 +214,7 @@ class StrongSupervision:
         self.cfg = cfg or LossConfig()
 
     def loss(self, model, batch: dict, step: int, forward=None) -> tuple[torch.Tensor, dict]:
-        fs, ft = (forward or model)(batch["src_img"], batch["trg_img"])
+        fs, ft = features(model, batch, forward)
         corr = model.filtered_volume(fs, ft)
         b, hs, ws, ht, wt = corr.shape
         logits = corr.flatten(1, 2).flatten(2) / self.cfg.tau  # (B, Ns, Nt)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ import scc_kernels as K
 from . import config as cfgmod
 from .backbone import Backbone
 from .geometry import bilinear_weights, cell_to_pixel, pixel_to_cell, transfer_keypoints
+from .io import atomic_save
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ class ModelConfig:
     backbone_weights: str | None = "imagenet"  # "imagenet" (bundled for the default), a local file, or None
     feature_stages: tuple = (2, 3, 4)  # timm feature indices: strides 8, 16, 32 for EfficientNet-Lite0
     stride: int = 16  # common stride the stages are resized to
-    proj_dim: int = 0  # learnable 1x1 projection to this many channels; 0 = off (hyperpixels as they are)
+    proj_dim: int = 0  # learnable 1x1 projection to this many channels; 0 = off; -1 = the hyperpixel width
     mutual: bool = True  # NC-Net mutual filtering
     neigh_consensus: bool = False  # learnable symmetric 4D convolutions (1 -> nc_channels -> 1)
     nc_channels: int = 16
@@ -85,26 +85,45 @@ class SCCNet(nn.Module):
         self.config = cfg = config or ModelConfig()
         self.backbone = Backbone(cfg.backbone, cfg.feature_stages, cfg.backbone_weights)
         in_dim = sum(self.backbone.channels)
-        self.proj = nn.Conv2d(in_dim, cfg.proj_dim, 1) if cfg.proj_dim > 0 else None
+        if cfg.proj_dim < -1:
+            raise ValueError(f"scc: ModelConfig.proj_dim must be >= -1, got {cfg.proj_dim}")
+        self.proj = nn.Conv2d(in_dim, in_dim if cfg.proj_dim == -1 else cfg.proj_dim, 1) if cfg.proj_dim else None
         self.nc = NeighConsensus(cfg.nc_channels, cfg.nc_kernel) if cfg.neigh_consensus else None
         self.bin_logit = nn.Parameter(torch.tensor(float(cfg.bin_init))) if cfg.unmatched_bin else None
         self.stride = cfg.stride
 
     @property
     def feature_dim(self) -> int:
-        return self.config.proj_dim if self.proj is not None else sum(self.backbone.channels)
+        return self.proj.out_channels if self.proj is not None else sum(self.backbone.channels)
 
-    def features(self, img: torch.Tensor) -> torch.Tensor:
-        """img: (B, 3, H, W) in [0, 1] -> L2-normalised hyperpixel features (B, D, ceil(H/s), ceil(W/s))."""
+    def hyperpixels(self, img: torch.Tensor) -> torch.Tensor:
+        """img: (B, 3, H, W) in [0, 1] -> L2-normalised hyperpixels before the projection
+        (B, sum(backbone.channels), ceil(H/s), ceil(W/s)). With a frozen backbone these are what a
+        training feature cache stores."""
         if img.dim() != 4 or img.shape[1] != 3:
             raise ValueError(f"scc: images must have shape (B, 3, H, W), got {tuple(img.shape)}")
         h, w = math.ceil(img.shape[2] / self.stride), math.ceil(img.shape[3] / self.stride)
         feats = [F.normalize(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False), dim=1)
                  for f in self.backbone(img)]
-        x = F.normalize(torch.cat(feats, dim=1), dim=1)
-        if self.proj is not None:
-            x = F.normalize(self.proj(x), dim=1)
-        return x
+        return F.normalize(torch.cat(feats, dim=1), dim=1)
+
+    def project(self, hyper: torch.Tensor) -> torch.Tensor:
+        """hyper: (B, Din, h, w) hyperpixels -> (B, D, h, w) L2-normalised matching features."""
+        return F.normalize(self.proj(hyper), dim=1) if self.proj is not None else hyper
+
+    def features(self, img: torch.Tensor) -> torch.Tensor:
+        """img: (B, 3, H, W) in [0, 1] -> L2-normalised features (B, D, ceil(H/s), ceil(W/s))."""
+        return self.project(self.hyperpixels(img))
+
+    @torch.no_grad()
+    def init_projection_identity(self) -> None:
+        """Start the projection as the identity (proj_dim = the hyperpixel width): training begins exactly
+        at the untrained pipeline and can only move away from it where the losses ask for it."""
+        if self.proj is None or self.proj.out_channels != self.proj.in_channels:
+            raise ValueError(f"scc: an identity projection needs ModelConfig.proj_dim = -1 or "
+                             f"{sum(self.backbone.channels)} (the hyperpixel width), got {self.config.proj_dim}")
+        self.proj.weight.copy_(torch.eye(self.proj.in_channels)[:, :, None, None])
+        self.proj.bias.zero_()
 
     @torch.no_grad()
     def init_projection_pca(self, images: torch.Tensor, chunk: int = 16) -> float:
@@ -113,12 +132,9 @@ class SCCNet(nn.Module):
         most of the features' variance instead of a random one. Returns the variance fraction kept."""
         if self.proj is None:
             raise ValueError("scc: init_projection_pca needs ModelConfig.proj_dim > 0")
-        proj, self.proj = self.proj, None  # features() without the projection
-        try:
-            feats = torch.cat([self.features(images[i:i + chunk]).flatten(2).transpose(1, 2).reshape(-1, proj.in_channels)
-                               for i in range(0, len(images), chunk)])
-        finally:
-            self.proj = proj
+        proj = self.proj
+        feats = torch.cat([self.hyperpixels(images[i:i + chunk]).flatten(2).transpose(1, 2).reshape(-1, proj.in_channels)
+                           for i in range(0, len(images), chunk)])
         mean = feats.mean(0)
         centred = feats - mean
         _, svals, vh = torch.linalg.svd(centred, full_matrices=False)
@@ -130,9 +146,12 @@ class SCCNet(nn.Module):
         var = svals**2
         return float(var[:d].sum() / var.sum())
 
-    def forward(self, src_img: torch.Tensor, trg_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fs, ft): the features of a batch of pairs (what training wraps in DistributedDataParallel)."""
-        return self.features(src_img), self.features(trg_img)
+    def forward(self, src_img, trg_img, src_hyper=None, trg_hyper=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fs, ft): the features of a batch of pairs (what training wraps in DistributedDataParallel).
+        ``src_hyper`` / ``trg_hyper``: precomputed hyperpixels (a feature cache) used instead of the images."""
+        fs = self.project(src_hyper) if src_hyper is not None else self.features(src_img)
+        ft = self.project(trg_hyper) if trg_hyper is not None else self.features(trg_img)
+        return fs, ft
 
     def filtered_volume(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
         """Correlation + mutual filtering (+ neighbourhood consensus): (B, hs, ws, ht, wt)."""
@@ -215,19 +234,3 @@ class SCCNet(nn.Module):
         if missing or unexpected:
             raise ValueError(f"scc: checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}")
         return net
-
-
-def atomic_save(obj, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -60,6 +60,31 @@ def draw_transfer(src_img, trg_img, src_kps, trg_kps, pred_kps, thr, path, title
     plt.close(fig)
 
 
+def masks_and_labels_picture(src_img, trg_img, mask_s, mask_t, src_pts, trg_pts, max_lines: int = 40) -> np.ndarray:
+    """A side-by-side picture (H, W, 3) uint8: region masks over the images (bright: inside) and lines
+    between pseudo-labelled points (pixels); what training shows in TensorBoard now and then."""
+    import torch.nn.functional as F
+
+    def shade(img, mask):
+        m = F.interpolate(mask[None, None].float().cpu(), size=img.shape[1:], mode="bilinear", align_corners=False)[0]
+        return img.cpu() * (0.25 + 0.75 * m)
+
+    canvas, off = _side_by_side(shade(src_img, mask_s), shade(trg_img, mask_t))
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] / 80, canvas.shape[0] / 80), dpi=100)
+    ax.imshow(canvas)
+    cmap = plt.get_cmap("hsv")
+    n = min(len(src_pts), max_lines)
+    for k in range(n):
+        (x0, y0), (x1, y1) = src_pts[k].tolist(), trg_pts[k].tolist()
+        ax.plot([x0, x1 + off], [y0, y1], "-o", color=cmap(k / max(n, 1)), lw=1, ms=2)
+    ax.axis("off")
+    fig.subplots_adjust(0, 0, 1, 1)
+    fig.canvas.draw()
+    out = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return out
+
+
 def plot_pck_per_category(report: dict, path: str, alpha: float = 0.1) -> None:
     cats = list(report["per_category"])
     vals = [report["per_category"][c][f"pck@{alpha}"]["per_image"] for c in cats]
@@ -70,5 +95,23 @@ def plot_pck_per_category(report: dict, path: str, alpha: float = 0.1) -> None:
     ax.set_ylabel(f"PCK@{alpha} ({report['protocol']['threshold']}, per image)")
     ax.set_ylim(0, 1)
     ax.legend()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_pck_comparison(reports: dict, path: str, alpha: float = 0.1) -> None:
+    """Grouped bars: PCK@alpha per category (and overall) for several models ({name: report})."""
+    names = list(reports)
+    cats = list(next(iter(reports.values()))["per_category"]) + ["all"]
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(cats) * len(names) ** 0.5 + 2), 3.2), dpi=100)
+    for k, name in enumerate(names):
+        rep = reports[name]
+        vals = [(rep["per_category"][c] if c != "all" else rep["overall"])[f"pck@{alpha}"]["per_image"] for c in cats]
+        ax.bar(np.arange(len(cats)) + (k - (len(names) - 1) / 2) * width, vals, width, label=name)
+    ax.set_xticks(range(len(cats)), cats, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"PCK@{alpha} ({next(iter(reports.values()))['protocol']['threshold']}, per image)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

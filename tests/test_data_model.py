@@ -92,6 +92,7 @@ def test_config_overrides(tmp_path):
         cfgmod.load(ModelConfig, None, ["nope=1"])
     with pytest.raises(ValueError, match="expects float"):
         cfgmod.load(ModelConfig, None, ["tau=abc"])
+    assert cfgmod.load(ModelConfig, None, ["tau=1e-4"]).tau == 1e-4  # YAML 1.1 reads "1e-4" as a string
     assert cfgmod.from_dict(ModelConfig, cfgmod.to_dict(cfg)) == cfg
 
 

@@ -51,19 +51,22 @@ def test_region_masks_follow_matchability():
     assert torch.equal(ms[1, 2, 3], c[1, 2, 3].max())
 
 
-def test_pseudo_labels_recover_a_clear_translation():
+@pytest.mark.parametrize("source", ["calibrated", "vote"])
+def test_pseudo_labels_recover_a_clear_translation(source):
     f = torch.randn(1, 32, 6, 9)
     fs, ft = f[..., :7], f[..., 2:]  # target = source shifted 2 cells left
     corr = corr_from(fs, ft)
     ones_s, ones_t = torch.ones(1, 6, 7), torch.ones(1, 6, 7)
-    target, valid = pseudo_labels(corr, ones_s, ones_t, ModelConfig(), LossConfig(p_min=0.1))
+    target, valid = pseudo_labels(corr, ones_s, ones_t, ModelConfig(), LossConfig(p_min=0.1, pseudo_source=source))
     i = torch.arange(42)
     expect = i - 2  # same row, column - 2
     ok = valid[0] & (i % 7 >= 2)
     assert ok.sum() >= 20
     assert torch.equal(target[0][ok], expect[ok])
-    _, none = pseudo_labels(corr, torch.zeros(1, 6, 7), ones_t, ModelConfig(), LossConfig())
+    _, none = pseudo_labels(corr, torch.zeros(1, 6, 7), ones_t, ModelConfig(), LossConfig(pseudo_source=source))
     assert not none.any()  # outside the source mask: no pseudo-label
+    with pytest.raises(ValueError, match="pseudo_source"):
+        pseudo_labels(corr, ones_s, ones_t, ModelConfig(), LossConfig(pseudo_source="nope"))
 
 
 def test_pixel_loss_and_ramp():

@@ -113,3 +113,67 @@ def test_validation_and_tensorboard_scalars(tmp_path):
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0 <= last["val_pck@0.1"] <= 1
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_pictures_of_masks_and_pseudo_labels(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tr = T.Trainer(cfg(tmp_path, "steps=2", "picture_every=1", "loss.pixel_warmup=0"))
+    tr.run(progress=False)
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    images = acc.Images("pair/masks_and_pseudo_labels")
+    assert [e.step for e in images] == [1, 2] and images[0].width > images[0].height > 10
+
+
+@pytest.fixture(scope="module")
+def class_folder(tmp_path_factory):
+    from scc.data.synthetic import write_image_folder
+
+    return write_image_folder(str(tmp_path_factory.mktemp("folder") / "imgs"), num_classes=3, per_class=4, img_size=64)
+
+
+def folder_cfg(tmp_path, folder, *extra):
+    return cfg(tmp_path, "dataset=imagefolder", f"data={folder}", "num_pairs=24", "model.proj_dim=-1",
+               "proj_init=identity", *extra)
+
+
+def test_feature_cache_is_what_the_images_give(tmp_path, class_folder):
+    tr = T.Trainer(folder_cfg(tmp_path, class_folder))
+    assert tr.cache is not None and len(tr.cache) == len(tr.dataset.image_keys()) == 12
+    b = tr.batch(0)
+    assert "src_img" not in b and b["src_hyper"].shape == (4, tr.model.feature_dim, 4, 4)
+    imgs = torch.stack([tr.dataset.image_tensor(k) for k in b["src_key"]])
+    with torch.no_grad():
+        direct = tr.model.eval().hyperpixels(imgs)
+    torch.testing.assert_close(b["src_hyper"], direct, rtol=0, atol=2e-3)  # fp16 storage
+    # identity projection: the trained model starts exactly at the untrained pipeline
+    torch.testing.assert_close(tr.model.project(direct), direct, rtol=0, atol=1e-6)
+
+
+def test_resume_with_the_feature_cache(tmp_path, class_folder):
+    a = T.Trainer(folder_cfg(tmp_path / "a", class_folder))
+    a.run(progress=False)
+    b = T.Trainer(folder_cfg(tmp_path / "b", class_folder))
+    b.run(progress=False, stop_after=4)
+    c = T.Trainer(folder_cfg(tmp_path / "b", class_folder))
+    c.resume()
+    c.run(progress=False)
+    wa, wc = trainable(a.model), trainable(c.model)
+    for k in wa:
+        torch.testing.assert_close(wc[k], wa[k], rtol=0, atol=0, msg=k)
+
+
+def test_feature_cache_on_disk_is_reused(tmp_path, class_folder, monkeypatch):
+    first = T.Trainer(folder_cfg(tmp_path / "a", class_folder, f"cache_dir={tmp_path / 'cache'}"))
+    files = list((tmp_path / "cache").glob("features-*.pt"))
+    assert len(files) == 1
+    monkeypatch.setattr(T.SCCNet, "hyperpixels", lambda *a, **k: pytest.fail("recomputed a cached feature"))
+    second = T.Trainer(folder_cfg(tmp_path / "b", class_folder, f"cache_dir={tmp_path / 'cache'}"))
+    assert second.cache.keys() == first.cache.keys()
+    assert all(torch.equal(second.cache[k], first.cache[k]) for k in first.cache)
+
+
+def test_identity_projection_needs_the_hyperpixel_width(tmp_path, class_folder):
+    with pytest.raises(ValueError, match="identity projection"):
+        T.Trainer(folder_cfg(tmp_path, class_folder, "model.proj_dim=16"))

@@ -32,6 +32,12 @@ def resize_longer(im: Image.Image, size: int | None) -> tuple[torch.Tensor, floa
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), scale
 
 
+def to_square_tensor(im: Image.Image, size: int) -> torch.Tensor:
+    """-> (3, size, size) float tensor in [0, 1] (aspect not kept: what batched training uses)."""
+    im = im.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
 def pad_kps(kps: torch.Tensor, n: int = MAX_KPS, fill: float = -1.0) -> torch.Tensor:
     """(N, 2) -> (max(n, N), 2) padded with `fill`; the padding never enters a threshold (n_pts says what
     is real). Sparse keypoint sets pad to 40 (SPair-71k convention); dense ones (TSS) keep all points."""
@@ -46,18 +52,26 @@ def kp_box(kps: torch.Tensor) -> torch.Tensor:
 
 
 def pair_item(src_im, trg_im, src_kps, trg_kps, category, src_name, trg_name, size,
-              src_bbox=None, trg_bbox=None, pckthres_kind="bbox-kp") -> dict:
-    """The field's batch dict for one pair; keypoints and boxes in the resized images' pixels."""
-    src_img, s_scale = resize_longer(src_im, size)
-    trg_img, t_scale = resize_longer(trg_im, size)
+              src_bbox=None, trg_bbox=None, pckthres_kind="bbox-kp", square: bool = False) -> dict:
+    """The field's batch dict for one pair; keypoints and boxes in the resized images' pixels.
+    ``square``: resize both images to size x size (training batches) instead of keeping the aspect;
+    the scales are then per axis (sx, sy)."""
+    if square:
+        src_img, trg_img = to_square_tensor(src_im, size), to_square_tensor(trg_im, size)
+        s_scale = torch.tensor([size / src_im.size[0], size / src_im.size[1]])
+        t_scale = torch.tensor([size / trg_im.size[0], size / trg_im.size[1]])
+    else:
+        src_img, s_scale = resize_longer(src_im, size)
+        trg_img, t_scale = resize_longer(trg_im, size)
     src_kps = torch.as_tensor(src_kps, dtype=torch.float32) * s_scale
     trg_kps = torch.as_tensor(trg_kps, dtype=torch.float32) * t_scale
     if src_kps.shape != trg_kps.shape or src_kps.dim() != 2 or src_kps.shape[1] != 2:
         raise ValueError(f"scc: pair {src_name} -> {trg_name}: keypoint arrays must both be (N, 2), got "
                          f"{tuple(src_kps.shape)} and {tuple(trg_kps.shape)}")
     n = src_kps.shape[0]
-    src_bbox = kp_box(src_kps) if src_bbox is None else torch.as_tensor(src_bbox, dtype=torch.float32) * s_scale
-    trg_bbox = kp_box(trg_kps) if trg_bbox is None else torch.as_tensor(trg_bbox, dtype=torch.float32) * t_scale
+    box_scale = lambda sc: torch.as_tensor(sc).repeat(2) if torch.is_tensor(sc) else sc  # noqa: E731  (x, y, x, y)
+    src_bbox = kp_box(src_kps) if src_bbox is None else torch.as_tensor(src_bbox, dtype=torch.float32) * box_scale(s_scale)
+    trg_bbox = kp_box(trg_kps) if trg_bbox is None else torch.as_tensor(trg_bbox, dtype=torch.float32) * box_scale(t_scale)
     if pckthres_kind == "img":
         pckthres = float(max(trg_img.shape[1:]))
     else:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .common import load_image
+from .common import load_image, to_square_tensor
 
 IMG_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
@@ -32,13 +32,13 @@ def scan_classes(root: Path) -> tuple[list[str], list[list[Path]]]:
     return classes, files
 
 
-def to_square_tensor(im: Image.Image, size: int) -> torch.Tensor:
-    im = im.resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
 class ImageFolderPairs(Dataset):
-    """Item: dict(src_img, trg_img (3, S, S), label (int), category (wnid), src_imname, trg_imname)."""
+    """Item: dict(src_img, trg_img (3, S, S), label (int), category (wnid), src_imname, trg_imname).
+
+    A training feature cache reads every image once through :meth:`image_keys` / :meth:`image_tensor`
+    and then sets ``with_images = False``: items keep their names and labels but skip decoding."""
+
+    with_images: bool = True
 
     def __init__(self, root: str, img_size: int = 224, num_pairs: int = 1000, seed: int = 0,
                  max_per_class: int = 0):
@@ -64,9 +64,20 @@ class ImageFolderPairs(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def image_keys(self) -> list[str]:
+        """The `<class>/<file>` names of the images the pairs use (sorted): what ``src_key`` holds."""
+        return sorted({f"{self.classes[c]}/{self.files[c][i].name}" for c, a, b in self.pairs for i in (a, b)})
+
+    def image_tensor(self, key: str) -> torch.Tensor:
+        return to_square_tensor(load_image(self.root / key), self.img_size)
+
     def __getitem__(self, idx: int) -> dict:
         c, a, b = self.pairs[idx]
         fa, fb = self.files[c][a], self.files[c][b]
-        return dict(src_img=to_square_tensor(load_image(fa), self.img_size),
-                    trg_img=to_square_tensor(load_image(fb), self.img_size), label=c, category=self.classes[c],
-                    src_imname=f"{self.classes[c]}/{fa.name}", trg_imname=f"{self.classes[c]}/{fb.name}")
+        src_name, trg_name = f"{self.classes[c]}/{fa.name}", f"{self.classes[c]}/{fb.name}"
+        item = dict(label=c, category=self.classes[c], src_imname=src_name, trg_imname=trg_name,
+                    src_key=src_name, trg_key=trg_name)
+        if self.with_images:
+            item.update(src_img=to_square_tensor(load_image(fa), self.img_size),
+                        trg_img=to_square_tensor(load_image(fb), self.img_size))
+        return item
