@@ -1,4 +1,5 @@
-"""The `scc` command: `scc eval` (PCK with the protocol written down) and `scc match` (a picture)."""
+"""The `scc` command: `scc eval` (PCK with the protocol written down), `scc match` (a picture), `scc train`,
+`scc pseudo-label` (SPair-71k-layout pseudo-labels) and `scc demo` (the main job end to end)."""
 
 from __future__ import annotations
 
@@ -124,15 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(m)
     m.set_defaults(func=cmd_match)
     sub.add_parser("train", help="train SCCNet (weak: class labels only; strong: keypoints); see `scc train --help`")
+    sub.add_parser("pseudo-label", help="consistency check + pseudo-labels in the SPair-71k layout; see "
+                                        "`scc pseudo-label --help`")
+    sub.add_parser("demo", help="the main job end to end (train, evaluate, pseudo-label, report); see `scc demo --help`")
     return ap
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "train":  # its own parser: TrainConfig fields through --config / --set
-        from .train import main as train_main
+    if argv and argv[0] in ("train", "pseudo-label", "demo"):  # own parsers: config fields via --config / --set
+        from importlib import import_module
 
-        return train_main(argv[1:])
+        module = {"train": "train", "pseudo-label": "pseudolabel", "demo": "demo"}[argv[0]]
+        return import_module(f".{module}", __package__).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

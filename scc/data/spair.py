@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .common import MAX_KPS, load_image, pair_item
+from .common import MAX_KPS, load_image, pair_item, to_square_tensor
 
 
 def parse_entry(entry: str) -> tuple[str, str, str]:
@@ -29,8 +29,12 @@ def parse_entry(entry: str) -> tuple[str, str, str]:
 
 
 class SPair(Dataset):
-    def __init__(self, root: str, split: str = "test", img_size: int | None = 320):
-        self.root = Path(root)
+    """``square``: resize images to img_size x img_size (training batches; keypoints scaled per axis)."""
+
+    def __init__(self, root: str, split: str = "test", img_size: int | None = 320, square: bool = False):
+        if square and not img_size:
+            raise ValueError("scc: SPair(square=True) needs an img_size")
+        self.root, self.square = Path(root), square
         layout = self.root / "Layout" / "large" / f"{split}.txt"
         if not layout.is_file():
             raise FileNotFoundError(f"scc: SPair-71k layout file not found: {layout}")
@@ -61,11 +65,27 @@ class SPair(Dataset):
                              f"{len(ann['src_kps'])} and {len(ann['trg_kps'])}")
         return ann
 
+    def image_keys(self) -> list[str]:
+        """`<category>/<stem>.jpg` of every image the pairs use (sorted): what ``src_key`` holds. Only for
+        square training items (a feature cache needs one size per image)."""
+        if not self.square:
+            raise ValueError("scc: image_keys() needs SPair(square=True)")
+        keys = set()
+        for e in self.entries:
+            src, trg, category = parse_entry(e)
+            keys.update((f"{category}/{src}.jpg", f"{category}/{trg}.jpg"))
+        return sorted(keys)
+
+    def image_tensor(self, key: str) -> torch.Tensor:
+        return to_square_tensor(load_image(self.root / "JPEGImages" / key), self.img_size)
+
     def __getitem__(self, idx: int) -> dict:
         src, trg, category = parse_entry(self.entries[idx])
         ann = self.annotation(idx)
         img_dir = self.root / "JPEGImages" / category
-        return pair_item(load_image(img_dir / f"{src}.jpg"), load_image(img_dir / f"{trg}.jpg"),
+        item = pair_item(load_image(img_dir / f"{src}.jpg"), load_image(img_dir / f"{trg}.jpg"),
                          torch.tensor(ann["src_kps"], dtype=torch.float32), torch.tensor(ann["trg_kps"], dtype=torch.float32),
                          category, f"{src}.jpg", f"{trg}.jpg", self.img_size, ann["src_bndbox"], ann["trg_bndbox"],
-                         pckthres_kind="bbox")
+                         pckthres_kind="bbox", square=self.square)
+        item.update(src_key=f"{category}/{src}.jpg", trg_key=f"{category}/{trg}.jpg")
+        return item

@@ -11,7 +11,9 @@ correspond exactly: the ground truth is known by construction. Everything is a p
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -120,3 +122,22 @@ class SyntheticPairs(Dataset):
                          pckthres_kind="bbox-kp")
         item["label"] = c
         return item
+
+
+def write_image_folder(root: str, num_classes: int = 6, per_class: int = 12, img_size: int = 128, seed: int = 0,
+                       **kwargs) -> Path:
+    """Write instances of the synthetic classes as an ImageNet-style class folder
+    (`<root>/shapeNN/shapeNN_KKKK.jpg`), the input `scc train` (weak) and `scc pseudo-label` expect, plus
+    `<root>/keypoints.json` ({`<class>/<file>`: [[x, y], ...]} in pixels): the ground truth that measures
+    pseudo-label precision. A pure function of the arguments; existing files are rewritten."""
+    gen = SyntheticPairs(num_classes=num_classes, num_pairs=1, img_size=img_size, seed=seed, **kwargs)
+    root = Path(root)
+    kps = {}
+    for c, name in enumerate(gen.classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            img, pts = gen.render(c, np.random.default_rng([seed, c, k, 7]))
+            img.save(root / name / f"{name}_{k:04d}.jpg", quality=95)
+            kps[f"{name}/{name}_{k:04d}.jpg"] = [[round(float(x), 2), round(float(y), 2)] for x, y in pts]
+    (root / "keypoints.json").write_text(json.dumps(kps))
+    return root
