@@ -35,7 +35,8 @@ class DemoConfig:
     device: str = "cpu"
     seed: int = 0
     img_size: int = 0  # training and pseudo-labelling image side (0: 128 synthetic, 224 real data)
-    weak_steps: int = 0  # 0: 300 synthetic, 2000 real data
+    weak_steps: int = 0  # 0: 300 synthetic, 1500 real data (the recipe of docs/results.md)
+    weak_lr: float = 1e-4
     strong_steps: int = 0  # 0: 200 synthetic, 1000 real data
     train_per_class: int = 0  # images per class used (0: 24 synthetic, 300 real data)
     pairs_per_class: int = 0  # pseudo-label candidate pairs per class (0: 40 synthetic, 150 real data)
@@ -45,7 +46,7 @@ class DemoConfig:
 
 def _resolve(cfg: DemoConfig) -> DemoConfig:
     real = cfg.data is not None
-    defaults = dict(img_size=(128, 224), weak_steps=(300, 2000), strong_steps=(200, 1000),
+    defaults = dict(img_size=(128, 224), weak_steps=(300, 1500), strong_steps=(200, 1000),
                     train_per_class=(24, 300), pairs_per_class=(40, 150), eval_pairs=(80, 0))
     return dataclasses.replace(cfg, **{k: v[real] for k, v in defaults.items() if getattr(cfg, k) == 0})
 
@@ -109,7 +110,7 @@ def run(cfg: DemoConfig) -> Path:
 
     _stage(f"weak training ({cfg.weak_steps} steps, class labels only)")
     weak_cfg = TrainConfig(mode="weak", dataset="imagefolder", data=str(train_dir), img_size=cfg.img_size,
-                           max_per_class=cfg.train_per_class, steps=cfg.weak_steps, seed=cfg.seed,
+                           max_per_class=cfg.train_per_class, steps=cfg.weak_steps, lr=cfg.weak_lr, seed=cfg.seed,
                            device=cfg.device, out=str(out / "weak"), proj_init="identity", tensorboard=False,
                            warmup_steps=min(50, cfg.weak_steps // 10), ckpt_every=max(cfg.weak_steps, 1),
                            model=ModelConfig(proj_dim=-1))
@@ -168,8 +169,10 @@ def _pictures(cfg, out, eval_set, model, name, ecfg, labeler, draw_transfer, dra
             pred = model.transfer_keypoints(b["src_kps"].to(ecfg.device), res).cpu()
         m = int(b["n_pts"][0])
         path = out / "pictures" / f"transfer-{k}.png"
-        draw_transfer(b["src_img"][0], b["trg_img"][0], b["src_kps"][0, :m], b["trg_kps"][0, :m], pred[0, :m],
-                      0.1 * threshold_size(b, ecfg.threshold), str(path),
+        up = max(1, 320 // max(b["src_img"].shape[-2:]))  # small images drawn larger (pixels scaled alike)
+        big = [torch.nn.functional.interpolate(b[f"{x}_img"], scale_factor=up, mode="bilinear")[0] for x in ("src", "trg")]
+        draw_transfer(*big, b["src_kps"][0, :m] * up, b["trg_kps"][0, :m] * up, pred[0, :m] * up,
+                      0.1 * threshold_size(b, ecfg.threshold) * up, str(path),
                       title=f"{b['category'][0]}: {name} (green: within PCK@0.1)")
         pics.append(path.name)
     entries = read_layout(labeler.out, "trn")
