@@ -73,7 +73,8 @@ def correlation(
     """
     if _use_reference("correlation", fs):
         return R.correlation(fs, ft, normalize, relu, eps)
-    return ops.correlation(_tensor(fs, "fs"), _tensor(ft, "ft"), normalize, relu, eps)
+    op = ops.correlation_triton if _tensor(fs, "fs").is_cuda else ops.correlation  # torch.compile sees the Triton kernels
+    return op(fs, _tensor(ft, "ft"), normalize, relu, eps)
 
 
 def mutual_nn(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -173,5 +174,6 @@ def fused_match(
     """
     if _use_reference("fused_match", fs):
         return R.fused_match(fs, ft, tau, window)
-    flow, conf, arg, _lse = ops.fused_match(_tensor(fs, "fs"), _tensor(ft, "ft"), tau, window)
+    op = ops.fused_match_triton if _tensor(fs, "fs").is_cuda else ops.fused_match  # torch.compile sees the Triton kernels
+    flow, conf, arg, _lse = op(fs, _tensor(ft, "ft"), tau, window)
     return flow, conf, arg

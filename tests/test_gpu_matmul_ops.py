@@ -78,3 +78,30 @@ def test_fused_match_128_memory():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     assert extra < 128**4 * 4 / 100  # < 1% of the fp32 volume (1 GiB per pair)
+
+
+@pytest.mark.parametrize("name", ["correlation", "correlation_triton", "fused_match", "fused_match_triton"])
+def test_opcheck_cuda(name):
+    fs = torch.randn(2, 24, 5, 7, device="cuda", requires_grad=True)
+    ft = torch.randn(2, 24, 6, 4, device="cuda", requires_grad=True)
+    args = (fs, ft, True, True, 1e-6) if name.startswith("correlation") else (fs, ft, 0.1, 1)
+    torch.library.opcheck(getattr(torch.ops.scc, name), args)
+
+
+def test_compile_traces_into_the_triton_kernels():
+    """torch.compile(fullgraph) of the API on CUDA: the triton_ops decompose into their kernels (inductor
+    sees them), forward and backward equal eager."""
+    fs = torch.randn(2, 32, 9, 11, device="cuda", requires_grad=True)
+    ft = torch.randn(2, 32, 10, 8, device="cuda", requires_grad=True)
+
+    def f(a, b):
+        flow, conf, _ = K.fused_match(a, b, 0.1, 2)
+        return K.correlation(a, b).square().sum() + flow.sum() + conf.sum()
+
+    eager = f(fs, ft)
+    ge = torch.autograd.grad(eager, (fs, ft))
+    compiled = torch.compile(f, fullgraph=True)(fs, ft)
+    gc = torch.autograd.grad(compiled, (fs, ft))
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-4)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -19,6 +19,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 # H100 configs per input dtype, checked free of register spills by tests/test_triton_aot.py. The first
 # fits large problems; the second is used when the first would leave SMs idle (fewer tiles than SMs).
@@ -60,7 +61,7 @@ def norms(x3: torch.Tensor) -> torch.Tensor:
     b, c, n = x3.shape
     out = torch.empty((b, n), dtype=torch.float32, device=x3.device)
     cfg = NORM_CONFIG
-    _norm_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), b)](x3, out, n, c, x3.stride(0), x3.stride(1), **cfg)
+    wrap_triton(_norm_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), b)](x3, out, n, c, x3.stride(0), x3.stride(1), **cfg)
     return out
 
 
@@ -215,7 +216,7 @@ def correlation_fwd(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, 
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
     out = torch.empty((b, hs, ws, ht, wt), dtype=fs.dtype, device=fs.device)
     grid = (triton.cdiv(ns, cfg["BLOCK_M"]) * triton.cdiv(nt, cfg["BLOCK_N"]), b)
-    _corr_fwd_kernel[grid](
+    wrap_triton(_corr_fwd_kernel)[grid](
         fs3, ft3, na, nb, out, ns, nt, c, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1),
         ns * nt, nt, eps, NORMALIZE=normalize, RELU=relu, **cfg,
     )
@@ -243,7 +244,7 @@ def correlation_bwd(grad: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, norm
     A = torch.empty((b, ns, nt), dtype=torch.float32, device=fs.device)
     rowq = torch.empty((b, tiles_n, ns), dtype=torch.float32, device=fs.device)
     colq = torch.empty((b, tiles_m, nt), dtype=torch.float32, device=fs.device)
-    _corr_bwd_kernel[(tiles_m * tiles_n, b)](
+    wrap_triton(_corr_bwd_kernel)[(tiles_m * tiles_n, b)](
         fs3p, ft3p, na, nb, g3, A, rowq, colq, ns, nt, c, fs3p.stride(0), fs3p.stride(1), ft3p.stride(0),
         ft3p.stride(1), g3.stride(0), g3.stride(1), eps, NORMALIZE=normalize, RELU=relu, **cfg,
     )

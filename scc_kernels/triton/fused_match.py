@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from .correlation import gemm_tile, norms, pad_rows
 
@@ -395,7 +396,7 @@ def fused_match_fwd(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int 
     lse = torch.empty((b, ns), dtype=torch.float32, device=dev)
     na, nb = norms(fs3), norms(ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
-    _fused_match_fwd_kernel[(triton.cdiv(ns, cfg["BLOCK_M"]), b)](
+    wrap_triton(_fused_match_fwd_kernel)[(triton.cdiv(ns, cfg["BLOCK_M"]), b)](
         fs3, ft3, na, nb, flow, conf, arg, lse, ns, nt, c, wt,
         fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), LOG2E / tau, EPS, max(window, 0),
         WINDOWED=window >= 0, **cfg,
@@ -423,7 +424,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     S = torch.empty((b, ns), dtype=torch.float32, device=dev)
     conf = torch.empty((b, ns), dtype=torch.float32, device=dev)
     scfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
-    _row_stats_kernel[(triton.cdiv(ns, scfg["BLOCK_M"]), b)](
+    wrap_triton(_row_stats_kernel)[(triton.cdiv(ns, scfg["BLOCK_M"]), b)](
         fs3, ft3, na, nb, arg, lse, flow, S, conf, *common, EPS, max(window, 0), WINDOWED=windowed, **scfg,
     )
     gflow = torch.zeros_like(flow) if grad_flow is None else grad_flow.reshape(b, ns, 2).float()
@@ -437,8 +438,8 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     grad_ft = torch.empty_like(ft3)
     args = (*common, 1.0 / tau, EPS, max(window, 0))
     fs_cfg, ft_cfg = _grad_cfgs({**BWD_CONFIGS[fs.dtype], **config}, c)
-    _grad_fs_kernel[(triton.cdiv(ns, fs_cfg["BLOCK_M"]), triton.cdiv(c, fs_cfg["BLOCK_C"]), b)](
+    wrap_triton(_grad_fs_kernel)[(triton.cdiv(ns, fs_cfg["BLOCK_M"]), triton.cdiv(c, fs_cfg["BLOCK_C"]), b)](
         fs3, ft3, nb, coef, arg, grad_fs, *args, WINDOWED=windowed, **fs_cfg)
-    _grad_ft_kernel[(triton.cdiv(nt, ft_cfg["BLOCK_N"]), triton.cdiv(c, ft_cfg["BLOCK_C"]), b)](
+    wrap_triton(_grad_ft_kernel)[(triton.cdiv(nt, ft_cfg["BLOCK_N"]), triton.cdiv(c, ft_cfg["BLOCK_C"]), b)](
         fs3, ft3, nb, coef, arg, grad_ft, *args, WINDOWED=windowed, **ft_cfg)
     return grad_fs[..., :ns].reshape(fs.shape), grad_ft[..., :nt].reshape(ft.shape)

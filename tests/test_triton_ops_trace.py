@@ -1,0 +1,81 @@
+"""The Triton ops are `torch.library.triton_op`s: torch.compile's AOT stage sees their Triton kernels
+(not an opaque call). Checked without a GPU: fake CUDA tensors, AOT autograd capturing the forward and
+backward graphs (the kernels are traced, never launched). Numerics: tests/test_triton_interpret.py (CPU
+interpreter) and tests/test_gpu_matmul_ops.py (GPU)."""
+
+import pytest
+import torch
+
+import scc_kernels  # noqa: F401  (registers the ops)
+
+pytest.importorskip("triton")
+
+
+@pytest.fixture(autouse=True)
+def _no_device_query(monkeypatch):
+    import scc_kernels.triton.correlation as TC
+
+    monkeypatch.setattr(TC, "_num_sms", lambda index: 132)  # an H100's SM count; no GPU to ask here
+
+
+def _fake_cuda(*shapes, requires_grad=False):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    with mode:
+        return mode, [torch.randn(*s, device="cuda", requires_grad=requires_grad) for s in shapes]
+
+
+def _graph(fn, args, mode) -> str:
+    """The forward graph AOT autograd hands to the compiler. (A backward graph cannot be traced without a
+    GPU: the autograd engine wants a CUDA context; the backward ops are traced as forward calls instead, and
+    their autograd wiring is run by the interpreter tests.)"""
+    from torch._functorch.aot_autograd import aot_function
+
+    graphs = []
+
+    def keep(gm, _example):
+        graphs.append(gm.code)
+        return gm
+
+    with mode:
+        aot_function(fn, fw_compiler=keep)(*args)
+    return graphs[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fake_shapes(dtype):
+    mode, (fs, ft) = _fake_cuda((2, 16, 5, 7), (2, 16, 6, 4))
+    with mode:
+        fs, ft = fs.to(dtype), ft.to(dtype)
+        c = torch.ops.scc.correlation_triton(fs, ft)
+        gfs, gft = torch.ops.scc.correlation_triton_backward(torch.ones_like(c), fs, ft, True, True, 1e-6)
+        flow, conf, arg, lse = torch.ops.scc.fused_match_triton(fs, ft, 0.1, 1)
+        g2 = torch.ops.scc.fused_match_triton_backward(torch.ones_like(flow), torch.ones_like(conf), fs, ft, 0.1, 1,
+                                                       flow, arg, lse)
+    assert c.shape == (2, 5, 7, 6, 4) and c.dtype == dtype and c.device.type == "cuda"
+    assert gfs.shape == fs.shape and gft.shape == ft.shape and gfs.dtype == dtype
+    assert flow.shape == (2, 5, 7, 2) and flow.dtype == torch.float32 and arg.dtype == torch.int64
+    assert lse.shape == (2, 35) and g2[0].shape == fs.shape and g2[1].shape == ft.shape
+
+
+def test_compiler_sees_the_correlation_kernels():
+    mode, (fs, ft, g) = _fake_cuda((2, 16, 5, 7), (2, 16, 6, 4), (2, 5, 7, 6, 4))
+    fw = _graph(lambda a, b: scc_kernels.correlation(a, b) * 2, (fs, ft), mode)
+    assert fw.count("triton_kernel_wrapper_functional(") == 3  # two norm kernels + the GEMM, traced as HOPs
+    assert "scc.correlation" not in fw  # no opaque op left
+    bw = _graph(lambda gr, a, b: torch.ops.scc.correlation_triton_backward(gr, a, b, True, True, 1e-6), (g, fs, ft), mode)
+    assert "triton_kernel_wrapper_functional(" in bw and "scc.correlation" not in bw
+
+
+def test_compiler_sees_the_fused_match_kernels():
+    mode, (fs, ft) = _fake_cuda((2, 16, 5, 7), (2, 16, 6, 4))
+    fw = _graph(lambda a, b: scc_kernels.fused_match(a, b, 0.1, 1)[:2], (fs, ft), mode)
+    assert "triton_kernel_wrapper_functional(" in fw and "scc.fused_match" not in fw
+
+    def backward(a, b):
+        flow, conf, arg, lse = torch.ops.scc.fused_match_triton(a, b, 0.1, 1)
+        return torch.ops.scc.fused_match_triton_backward(flow, conf, a, b, 0.1, 1, flow, arg, lse)
+
+    bw = _graph(backward, (fs, ft), mode)
+    assert bw.count("triton_kernel_wrapper_functional(") >= 5 and "scc.fused_match" not in bw
