@@ -140,7 +140,7 @@ def run(cfg: DemoConfig) -> Path:
                                      device=cfg.device, out=str(out / "strong"),
                                      init_checkpoint=str(out / "weak" / "model.pt"), tensorboard=False,
                                      warmup_steps=min(50, cfg.strong_steps // 10),
-                                     ckpt_every=max(cfg.strong_steps, 1), lr=3e-4))
+                                     ckpt_every=max(cfg.strong_steps, 1), lr=1e-4))
         strong.run()
         measure("strong-on-pseudo-labels", strong.model)
     else:
