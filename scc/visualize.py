@@ -29,6 +29,7 @@ def draw_matches(src_img, trg_img, src_pts, trg_pts, conf, path, title="", max_l
     ax.imshow(canvas)
     cmap = plt.get_cmap("viridis")
     lo, hi = (float(conf[keep].min()), float(conf[keep].max())) if len(keep) else (0.0, 1.0)
+    lo = min(lo, hi - 0.05)  # near-equal confidences: a readable colour bar instead of a 1e-5 range
     for i in keep.tolist():
         c = cmap((float(conf[i]) - lo) / (hi - lo + 1e-9))
         (x0, y0), (x1, y1) = src_pts[i].tolist(), trg_pts[i].tolist()
