@@ -163,7 +163,7 @@ def _pictures(cfg, out, eval_set, model, name, ecfg, labeler, draw_transfer, dra
     model = model.eval()
     n = len(eval_set)
     for k in range(min(cfg.pictures, n)):
-        b = collate_single([eval_set[k * n // cfg.pictures]])
+        b = collate_single([eval_set[k * n // cfg.pictures]])  # k < pictures: no division by zero
         with torch.no_grad():
             res = model.match(b["src_img"].to(ecfg.device), b["trg_img"].to(ecfg.device))
             pred = model.transfer_keypoints(b["src_kps"].to(ecfg.device), res).cpu()
@@ -175,8 +175,8 @@ def _pictures(cfg, out, eval_set, model, name, ecfg, labeler, draw_transfer, dra
                       0.1 * threshold_size(b, ecfg.threshold) * up, str(path),
                       title=f"{b['category'][0]}: {name} (green: within PCK@0.1)")
         pics.append(path.name)
-    entries = read_layout(labeler.out, "trn")
-    for k, (entry, ann) in enumerate(entries[:: max(1, len(entries) // cfg.pictures)][: cfg.pictures]):
+    entries = read_layout(labeler.out, "trn") if cfg.pictures else []
+    for k, (entry, ann) in enumerate(entries[:: max(1, len(entries) // max(cfg.pictures, 1))][: cfg.pictures]):
         img_dir = labeler.out / "JPEGImages" / ann["category"]
         (src, s), (trg, t) = (resize_longer(load_image(img_dir / ann[f"{x}_imname"]), 256) for x in ("src", "trg"))
         path = out / "pictures" / f"pseudo-labels-{k}.png"

@@ -229,6 +229,8 @@ class SCCNet(nn.Module):
         if not isinstance(payload, dict) or payload.get("format") != "scc.SCCNet/1":
             raise ValueError(f"scc: {path} is not an SCCNet checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})")
         net = cls(cfgmod.from_dict(ModelConfig, payload["config"]))
+        # a checkpoint that stores its backbone (fine-tuned) keeps it; the others rebuild it from the config
+        net.backbone_from_checkpoint = any(k.startswith("backbone.") for k in payload["state_dict"])
         missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:

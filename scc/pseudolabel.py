@@ -167,7 +167,7 @@ def check_pairs(model: SCCNet, fs: torch.Tensor, ft: torch.Tensor, neg_s: torch.
         idx = torch.nonzero(ok[k]).flatten()
         src = src_cells[idx]
         trg = flow[k].flatten(0, 1)[idx]
-        keep = idx.new_tensor(nms(src, trg, conf[k].flatten()[idx], cfg.nms_cells, cfg.max_kps))
+        keep = idx.new_tensor(nms(src.cpu(), trg.cpu(), conf[k].flatten()[idx].cpu(), cfg.nms_cells, cfg.max_kps))
         src, trg, c = src[keep], trg[keep], conf[k].flatten()[idx][keep]
         out.append(dict(src=(src + 0.5) * s - 0.5, trg=(trg + 0.5) * s - 0.5, conf=c,
                         src_box=mask_box(mask_s[k], cfg.mask_min, s), trg_box=mask_box(mask_t[k], cfg.mask_min, s),
@@ -202,12 +202,23 @@ class PseudoLabeler:
         if model is None:
             model = SCCNet.from_checkpoint(cfg.checkpoint) if cfg.checkpoint else SCCNet(ModelConfig())
         self.model = model.to(self.device).eval()
+        if cfg.img_size % self.model.stride:
+            raise ValueError(f"scc: PseudoLabelConfig.img_size must be a multiple of the model's stride "
+                             f"({self.model.stride}) so cells map to pixels exactly, got {cfg.img_size}")
         self.root = Path(cfg.data)
         self.classes, files = scan_classes(self.root)
         self.files = [f[: cfg.max_per_class] if cfg.max_per_class else f for f in files]
-        for f in self.files:
-            for path in f:
-                stem_of(path)  # names the layout cannot hold are refused before any work
+        # names the layout cannot hold are refused before any work
+        for wnid, f in zip(self.classes, self.files):
+            if "-" in wnid or ":" in wnid:
+                raise ValueError(f"scc: class folder {wnid!r} contains '-' or ':', which the SPair-71k layout "
+                                 "entries cannot hold; rename it")
+            stems = [stem_of(path) for path in f]
+            if len(set(stems)) != len(stems):
+                dup = sorted({x for x in stems if stems.count(x) > 1})[:3]
+                raise ValueError(f"scc: class {wnid} has images that share a stem ({dup}); the layout names "
+                                 "them all <stem>.jpg")
+        self.fingerprint = self._fingerprint()
         if len(self.classes) < 2:
             raise ValueError(f"scc: the consistency check needs at least two classes (negatives for the region "
                              f"masks); {self.root} has {len(self.classes)}")
@@ -274,17 +285,41 @@ class PseudoLabeler:
         return dict(category=wnid, class_index=c, images=len(files), pairs_checked=len(pairs),
                     consistent_cells=consistent, kept=kept)
 
+    def _fingerprint(self) -> str:
+        """What a class result depends on: the check's config (not the merge-only fields) and the
+        checkpoint's bytes. A resumed run reuses only class files with the same fingerprint."""
+        import hashlib
+
+        fields = {k: v for k, v in cfgmod.to_dict(self.cfg).items()
+                  if k not in ("out", "device", "batch_size", "min_pairs_per_image", "val_frac", "test_frac",
+                               "copy_images", "checkpoint")}
+        h = hashlib.sha1(json.dumps(fields, sort_keys=True).encode())
+        if self.cfg.checkpoint:
+            h.update(Path(self.cfg.checkpoint).read_bytes())
+        else:
+            h.update(json.dumps(cfgmod.to_dict(self.model.config), sort_keys=True).encode())
+        return h.hexdigest()
+
+    def _done(self, c: int) -> bool:
+        path = self.work / f"{self.classes[c]}.json"
+        if not path.is_file():
+            return False
+        try:
+            return json.loads(path.read_text()).get("fingerprint") == self.fingerprint
+        except json.JSONDecodeError:
+            return False  # cannot happen with atomic writes; recompute rather than trust it
+
     def run(self, progress: bool = True, rank: int = 0, world: int = 1) -> None:
-        """Check this rank's classes (class k on rank k mod world), skipping those already done."""
-        todo = [c for c in range(len(self.classes)) if c % world == rank
-                and not (self.work / f"{self.classes[c]}.json").is_file()]
+        """Check this rank's classes (class k on rank k mod world), skipping those already done with the
+        same config and checkpoint (a class file from another config or model is recomputed)."""
+        todo = [c for c in range(len(self.classes)) if c % world == rank and not self._done(c)]
         for c in tqdm(todo, desc=f"consistency check (rank {rank})", unit="class", disable=not progress):
             if len(self.files[c]) < 2:
                 res = dict(category=self.classes[c], class_index=c, images=len(self.files[c]), pairs_checked=0,
                            consistent_cells=0, kept=[])
             else:
                 res = self.run_class(c)
-            atomic_write_json(self.work / f"{self.classes[c]}.json", res)
+            atomic_write_json(self.work / f"{self.classes[c]}.json", {**res, "fingerprint": self.fingerprint})
 
     # ---- merge: the SPair-71k layout --------------------------------------------------------------------
 
@@ -293,19 +328,25 @@ class PseudoLabeler:
         per_class = []
         for c, wnid in enumerate(self.classes):
             path = self.work / f"{wnid}.json"
-            if not path.is_file():
-                raise FileNotFoundError(f"scc: merge: class {wnid} has no result ({path}); run the check first")
+            if not self._done(c):
+                raise FileNotFoundError(f"scc: merge: class {wnid} has no result for this config and checkpoint "
+                                        f"({path}); run the check first")
             per_class.append(json.loads(path.read_text()))
         entries = {"trn": [], "val": [], "test": []}
         summary_classes = {}
         kps_per_pair = []
         for res in per_class:
-            counts: dict[str, int] = {}
-            for p in res["kept"]:
-                for side in ("src", "trg"):
-                    counts[p[side]] = counts.get(p[side], 0) + 1
-            images = {k for k, n in counts.items() if n >= cfg.min_pairs_per_image}
-            pairs = [p for p in res["kept"] if p["src"] in images and p["trg"] in images]
+            pairs = res["kept"]
+            while True:  # drop images in fewer than m kept pairs, and their pairs, until nothing changes
+                counts: dict[str, int] = {}
+                for p in pairs:
+                    for side in ("src", "trg"):
+                        counts[p[side]] = counts.get(p[side], 0) + 1
+                images = {k for k, n in counts.items() if n >= cfg.min_pairs_per_image}
+                kept = [p for p in pairs if p["src"] in images and p["trg"] in images]
+                if len(kept) == len(pairs):
+                    break
+                pairs = kept
             wnid = res["category"]
             for p in pairs:
                 src_stem, trg_stem = stem_of(Path(p["src"])), stem_of(Path(p["trg"]))
@@ -321,12 +362,20 @@ class PseudoLabeler:
                 atomic_write_json(self.out / "PairAnnotation" / split / f"{entry}.json", ann)
                 entries[split].append(entry)
                 kps_per_pair.append(len(p["src_kps"]))
+            names = {f"{stem_of(Path(rel))}.jpg" for rel in images}
             for rel in sorted(images):
                 self._place_image(self.root / rel, self.out / "JPEGImages" / wnid / f"{stem_of(Path(rel))}.jpg")
+            for old in (self.out / "JPEGImages" / wnid).glob("*.jpg"):  # images an earlier run kept
+                if old.name not in names:
+                    old.unlink()
             summary_classes[wnid] = dict(images=res["images"], images_kept=len(images), pairs_checked=res["pairs_checked"],
                                          pairs_kept=len(pairs))
         for split, lines in entries.items():
             atomic_write_text(self.out / "Layout" / "large" / f"{split}.txt", "".join(f"{e}\n" for e in sorted(lines)))
+            listed = set(lines)
+            for old in (self.out / "PairAnnotation" / split).glob("*.json"):  # left by a run with other results
+                if old.stem not in listed:
+                    old.unlink()
         summary = dict(
             format="SPair-71k layout (scc pseudo-labels)", classes=summary_classes,
             images_kept=sum(v["images_kept"] for v in summary_classes.values()),
@@ -342,8 +391,7 @@ class PseudoLabeler:
         return summary
 
     def _place_image(self, src: Path, dst: Path) -> None:
-        if dst.is_file() or dst.is_symlink():
-            return
+        """Copy (or link) src to dst, replacing what is there (an earlier run may have had other images)."""
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".tmp-{dst.name}")
         if not self.cfg.copy_images:
@@ -411,10 +459,15 @@ def main(argv=None) -> int:
                                                                     out=args.out).items() if v is not None})
         rank = 0
         if world > 1:
-            dist.init_process_group("gloo")  # only a barrier is needed: gloo works with CPU and GPU ranks
+            import datetime
+
+            # only a barrier is needed (gloo works with CPU and GPU ranks); ranks may finish hours apart
+            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
             rank = dist.get_rank()
             if cfg.device.startswith("cuda"):
-                cfg = cfgmod.apply_overrides(cfg, dict(device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"))
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)  # Triton launches on the current device
+                cfg = cfgmod.apply_overrides(cfg, dict(device=f"cuda:{local}"))
         labeler = PseudoLabeler(cfg)
         labeler.run(rank=rank, world=world)
         if world > 1:

@@ -185,6 +185,8 @@ class Trainer:
             self.cfg = cfg = dataclasses.replace(cfg, model=self.model.config)
         else:
             self.model = SCCNet(cfg.model).to(self.device)
+        # a backbone that is trained here or came fine-tuned with init_checkpoint is saved with the model
+        self.keep_backbone = cfg.unfreeze_backbone or getattr(self.model, "backbone_from_checkpoint", False)
         for p in self.model.backbone.parameters():
             p.requires_grad_(cfg.unfreeze_backbone)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -236,7 +238,9 @@ class Trainer:
 
             ident = json.dumps(dict(data=str(Path(self.cfg.data).resolve()), keys=keys, img_size=self.cfg.img_size,
                                     backbone=self.model.config.backbone, weights=self.model.config.backbone_weights,
-                                    stages=list(self.model.config.feature_stages), stride=self.model.stride))
+                                    stages=list(self.model.config.feature_stages), stride=self.model.stride,
+                                    fine_tuned_backbone=hashlib.sha1(Path(self.cfg.init_checkpoint).read_bytes()).hexdigest()
+                                    if self.keep_backbone else None))
             path = Path(self.cfg.cache_dir) / f"features-{hashlib.sha1(ident.encode()).hexdigest()[:16]}.pt"
             if path.is_file():
                 cache = torch.load(path, weights_only=True)
@@ -265,7 +269,7 @@ class Trainer:
     def save(self) -> None:
         if self.rank != 0:
             return
-        self.model.save(str(self.out / "model.pt"), include_backbone=self.cfg.unfreeze_backbone)
+        self.model.save(str(self.out / "model.pt"), include_backbone=self.keep_backbone)
         state = dict(step=self.step, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
                      scheduler=self.sched.state_dict(), rng=_rng_state(), config=cfgmod.to_dict(self.cfg),
                      git_commit=git_commit())

@@ -97,18 +97,41 @@ def test_layout_read_back_by_an_independent_reader(folder, tmp_path):
     assert item["src_img"].shape == (3, 64, 64) and item["n_pts"] >= 2
 
 
-def test_resume_neither_duplicates_nor_loses(folder, tmp_path):
+def test_resume_neither_duplicates_nor_loses(folder, tmp_path, monkeypatch):
     ref = _run(folder, tmp_path / "ref")
-    # a crashed run: one class finished (rank 0 of 2 does classes 0 and 2; stop after the first) plus a stray
-    # temp file from the crash
+    # a crashed run: class 0 finished, plus a stray temp file from the crash
     lab = PL.PseudoLabeler(_cfg(folder, tmp_path / "crash"))
-    PL.atomic_write_json(lab.work / "shape00.json", lab.run_class(0))
+    PL.atomic_write_json(lab.work / "shape00.json", {**lab.run_class(0), "fingerprint": lab.fingerprint})
     (lab.work / ".tmp-crash").write_text("{half")
     with pytest.raises(FileNotFoundError, match="shape01"):
         lab.merge()  # merging before every class is done is refused
-    resumed = _run(folder, tmp_path / "crash")
-    assert resumed["pairs"] == ref["pairs"] and resumed["classes"] == ref["classes"]
+    resumed = PL.PseudoLabeler(_cfg(folder, tmp_path / "crash"))
+    real = resumed.run_class
+    monkeypatch.setattr(resumed, "run_class", lambda c: pytest.fail("redid class 0") if c == 0 else real(c))
+    resumed.run(progress=False)
+    s = resumed.merge()
+    assert s["pairs"] == ref["pairs"] and s["classes"] == ref["classes"]
     assert _tree(tmp_path / "crash") == _tree(tmp_path / "ref")
+
+
+def test_a_changed_config_recomputes_and_replaces(folder, tmp_path):
+    loose = _run(folder, tmp_path / "out", ["min_kps=2"])
+    strict = _run(folder, tmp_path / "out", ["min_kps=6"])  # same folder: stale class files must not be reused
+    assert sum(strict["pairs"].values()) < sum(loose["pairs"].values())
+    assert strict == _run(folder, tmp_path / "fresh", ["min_kps=6"]) | {"config": strict["config"]}
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "fresh")  # no stale annotation or image left behind
+
+
+def test_per_image_rule_reaches_a_fixpoint(folder, tmp_path):
+    s = _run(folder, tmp_path / "out", ["min_pairs_per_image=2", "pairs_per_class=10"])
+    pairs = [p for split in ("trn", "val", "test") for p in spair_reader(tmp_path / "out", split)]
+    counts = {}
+    for p in pairs:
+        for x in (p["src"], p["trg"]):
+            counts[x] = counts.get(x, 0) + 1
+    assert all(n >= 2 for n in counts.values())  # every kept image is in at least m kept pairs
+    kept = {p.stem for p in (tmp_path / "out" / "JPEGImages").rglob("*.jpg")}
+    assert kept == set(counts) and s["images_kept"] == len(kept)
 
 
 def test_symlinked_images(folder, tmp_path):
@@ -133,6 +156,21 @@ def test_bad_inputs(folder, tmp_path):
             Image.new("RGB", (40, 40), (k * 90, 30, 60)).save(bad / c / f"img-{k}.jpg")
     with pytest.raises(ValueError, match="'-' or ':'"):
         PL.PseudoLabeler(_cfg(bad, tmp_path / "o3"))  # refused before any work, not at the merge
+    dup = tmp_path / "dup"
+    for c in ("a", "b"):
+        (dup / c).mkdir(parents=True)
+        Image.new("RGB", (40, 40)).save(dup / c / "x.jpg")
+        Image.new("RGB", (40, 40)).save(dup / c / "x.png")
+    with pytest.raises(ValueError, match="share a stem"):
+        PL.PseudoLabeler(_cfg(dup, tmp_path / "o6"))
+    (tmp_path / "dash" / "a-b").mkdir(parents=True)
+    (tmp_path / "dash" / "c").mkdir(parents=True)
+    for c in ("a-b", "c"):
+        Image.new("RGB", (40, 40)).save(tmp_path / "dash" / c / "x.jpg")
+    with pytest.raises(ValueError, match="class folder 'a-b'"):
+        PL.PseudoLabeler(_cfg(tmp_path / "dash", tmp_path / "o7"))
+    with pytest.raises(ValueError, match="multiple of the model's stride"):
+        PL.PseudoLabeler(_cfg(folder, tmp_path / "o8", ["img_size=100"]))
     for bad_set, field in (("min_kps=0", "min_kps"), ("max_kps=41", "max_kps"), ("negatives=0", "negatives"),
                            ("val_frac=0.6", "val_frac")):
         with pytest.raises(ValueError, match=field):

@@ -177,3 +177,12 @@ def test_feature_cache_on_disk_is_reused(tmp_path, class_folder, monkeypatch):
 def test_identity_projection_needs_the_hyperpixel_width(tmp_path, class_folder):
     with pytest.raises(ValueError, match="identity projection"):
         T.Trainer(folder_cfg(tmp_path, class_folder, "model.proj_dim=16"))
+
+
+def test_init_checkpoint_keeps_a_fine_tuned_backbone(tmp_path):
+    T.Trainer(cfg(tmp_path / "ft", "steps=1", "unfreeze_backbone=true")).run(progress=False)
+    tr = T.Trainer(cfg(tmp_path / "next", "steps=1", f"init_checkpoint={tmp_path / 'ft' / 'model.pt'}", "mode=strong"))
+    assert tr.keep_backbone and tr.cfg.model == SCCNet.from_checkpoint(str(tmp_path / "ft" / "model.pt")).config
+    tr.run(progress=False)
+    saved = torch.load(tmp_path / "next" / "model.pt", weights_only=False)["state_dict"]
+    assert any(k.startswith("backbone.") for k in saved)  # not silently replaced by the ImageNet backbone
