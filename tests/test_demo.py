@@ -5,7 +5,8 @@ import json
 from scc import demo
 
 
-def test_demo_writes_a_complete_report(tmp_path):
+def test_demo_writes_a_complete_report(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCC_DATA", raising=False)  # no arguments means synthetic data, even where SCC_DATA is set
     out = tmp_path / "demo"
     sets = ["img_size=64", "weak_steps=8", "strong_steps=4", "train_per_class=6", "pairs_per_class=8",
             "eval_pairs=6", "pictures=1"]
