@@ -12,7 +12,10 @@ float64 reference composite instead. Triton is imported on first use, so CPU-onl
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import _ops
 from . import reference as R
@@ -44,6 +47,14 @@ def _check_match(tau: float, window: int) -> None:
         raise ValueError(f"scc: `window` must be -1 (all cells) or >= 0, got {window}")
 
 
+def _device_of(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensors' one (e.g. tensors on cuda:1 while
+    cuda:0 is current). Tracing (fake or functional-over-fake tensors) needs no device."""
+    if t.is_cuda and not is_fake(t) and t.device.index not in (None, torch.cuda.current_device()):
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 def _fused_reference(fs, ft, tau, window):
     corr = R.correlation(fs, ft).flatten(3).flatten(1, 2)
     logits = corr / tau
@@ -62,7 +73,8 @@ def correlation_triton(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = Tru
         return R.correlation(fs, ft, normalize, relu, eps)
     from .triton.correlation import correlation_fwd
 
-    return correlation_fwd(fs, ft, normalize, relu, eps)
+    with _device_of(fs):
+        return correlation_fwd(fs, ft, normalize, relu, eps)
 
 
 @torch.library.triton_op("scc::correlation_triton_backward", mutates_args=())
@@ -76,7 +88,8 @@ def correlation_triton_backward(grad: torch.Tensor, fs: torch.Tensor, ft: torch.
         return ga, gb
     from .triton.correlation import correlation_bwd
 
-    return correlation_bwd(grad, fs, ft, normalize, relu, eps)
+    with _device_of(fs):
+        return correlation_bwd(grad, fs, ft, normalize, relu, eps)
 
 
 @torch.library.triton_op("scc::fused_match_triton", mutates_args=())
@@ -88,7 +101,8 @@ def fused_match_triton(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: i
         return _fused_reference(fs, ft, tau, window)
     from .triton.fused_match import fused_match_fwd
 
-    return fused_match_fwd(fs, ft, tau, window)
+    with _device_of(fs):
+        return fused_match_fwd(fs, ft, tau, window)
 
 
 @torch.library.triton_op("scc::fused_match_triton_backward", mutates_args=())
@@ -104,7 +118,8 @@ def fused_match_triton_backward(grad_flow: torch.Tensor, grad_conf: torch.Tensor
         return ga, gb
     from .triton.fused_match import fused_match_bwd
 
-    return fused_match_bwd(grad_flow, grad_conf, fs, ft, tau, window, argmax, lse)
+    with _device_of(fs):
+        return fused_match_bwd(grad_flow, grad_conf, fs, ft, tau, window, argmax, lse)
 
 
 def _correlation_triton_grad(ctx, grad):
