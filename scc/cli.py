@@ -25,10 +25,8 @@ def _model(args) -> SCCNet:
 
 
 def cmd_eval(args) -> int:
-    cfg = cfgmod.load(EvalConfig, args.config, args.set)
-    overrides = {k: v for k, v in dict(dataset=args.dataset, data=args.data, device=args.device,
-                                       max_pairs=args.max_pairs, img_size=args.img_size).items() if v is not None}
-    cfg = cfgmod.apply_overrides(cfg, overrides)
+    cfg = cfgmod.load(EvalConfig, args.config, args.set, dict(dataset=args.dataset, data=args.data, device=args.device,
+                                                            max_pairs=args.max_pairs, img_size=args.img_size))
     torch.manual_seed(cfg.seed)
     model = _model(args)
     report = evaluate(model, make_dataset(cfg.dataset, cfg.data, cfg.img_size), cfg)

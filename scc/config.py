@@ -60,8 +60,8 @@ def parse_sets(pairs: typing.Iterable[str]) -> dict:
     return out
 
 
-def load(cls, path: str | None = None, sets: typing.Iterable[str] = ()):
-    """cls() <- YAML file <- --set pairs."""
+def load(cls, path: str | None = None, sets: typing.Iterable[str] = (), flags: dict | None = None):
+    """cls() <- YAML file <- --set pairs <- command-line flags ({field: value}; None = flag not given)."""
     cfg = cls()
     if path:
         p = Path(path)
@@ -71,7 +71,8 @@ def load(cls, path: str | None = None, sets: typing.Iterable[str] = ()):
         if not isinstance(data, dict):
             raise ValueError(f"scc: config file {path} must hold a mapping, got {type(data).__name__}")
         cfg = apply_overrides(cfg, data)
-    return apply_overrides(cfg, parse_sets(sets))
+    cfg = apply_overrides(cfg, parse_sets(sets))
+    return apply_overrides(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
 
 
 def to_dict(cfg) -> dict:

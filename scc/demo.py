@@ -62,20 +62,16 @@ def _eval_set(cfg: DemoConfig, root: Path | None):
     if root is None:
         ds = SyntheticPairs(num_classes=6, num_pairs=cfg.eval_pairs, img_size=cfg.img_size, seed=cfg.seed + 1)
         return ds, "synthetic"
-    ds = make_dataset("pf-willow", str(root / "pf-willow"), 320)
-    if cfg.eval_pairs and cfg.eval_pairs < len(ds):
-        step = len(ds) // cfg.eval_pairs
-        ds = torch.utils.data.Subset(ds, list(range(0, len(ds), step))[: cfg.eval_pairs])
-    return ds, "pf-willow"
+    return make_dataset("pf-willow", str(root / "pf-willow"), 320), "pf-willow"
 
 
 def run(cfg: DemoConfig) -> Path:
     from .data.synthetic import write_image_folder
     from .evaluate import EvalConfig, evaluate, write_report
     from .model import ModelConfig, SCCNet
-    from .pseudolabel import PseudoLabelConfig, PseudoLabeler, precision, read_layout
+    from .pseudolabel import PseudoLabelConfig, PseudoLabeler, precision
     from .train import TrainConfig, Trainer
-    from .visualize import draw_matches, draw_transfer, plot_pck_comparison
+    from .visualize import plot_pck_comparison
 
     cfg = _resolve(cfg)
     torch.manual_seed(cfg.seed)
@@ -95,7 +91,9 @@ def run(cfg: DemoConfig) -> Path:
             if not need.is_dir():
                 raise FileNotFoundError(f"scc demo: {need} not found (--data must hold imagenette/ and pf-willow/)")
     eval_set, eval_name = _eval_set(cfg, root)
-    ecfg = EvalConfig(dataset=eval_name, img_size=cfg.img_size if root is None else 320, device=cfg.device)
+    every = max(1, len(eval_set) // cfg.eval_pairs) if cfg.eval_pairs else 1  # evenly spaced pairs
+    ecfg = EvalConfig(dataset=eval_name, img_size=cfg.img_size if root is None else 320, device=cfg.device,
+                      every=every, max_pairs=cfg.eval_pairs)
     reports, models = {}, {}
 
     def measure(name: str, model) -> None:
@@ -149,15 +147,17 @@ def run(cfg: DemoConfig) -> Path:
     _stage("pictures and report")
     plot_pck_comparison(reports, str(out / "pck_per_category.png"))
     final = list(models)[-1]
-    pics = _pictures(cfg, out, eval_set, models[final], final, ecfg, labeler, draw_transfer, draw_matches, read_layout)
+    pics = _pictures(cfg, out, eval_set, models[final], final, ecfg, labeler)
     _write_report(cfg, out, reports, summary, quality, pics, time.time() - t_start)
     print(f"\nreport: {out / 'report.md'}")
     return out / "report.md"
 
 
-def _pictures(cfg, out, eval_set, model, name, ecfg, labeler, draw_transfer, draw_matches, read_layout) -> list[str]:
+def _pictures(cfg, out, eval_set, model, name, ecfg, labeler) -> list[str]:
     from .data.common import collate_single, load_image, resize_longer
     from .evaluate import threshold_size
+    from .pseudolabel import read_layout
+    from .visualize import draw_matches, draw_transfer
 
     pics = []
     model = model.eval()
@@ -226,9 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a DemoConfig field")
     args = ap.parse_args(argv)
     try:
-        cfg = cfgmod.load(DemoConfig, args.config, args.set)
-        cfg = cfgmod.apply_overrides(cfg, {k: v for k, v in dict(data=args.data, out=args.out, device=args.device).items()
-                                           if v is not None})
+        cfg = cfgmod.load(DemoConfig, args.config, args.set, dict(data=args.data, out=args.out, device=args.device))
         run(cfg)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

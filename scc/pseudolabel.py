@@ -454,9 +454,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        cfg = cfgmod.load(PseudoLabelConfig, args.config, args.set)
-        cfg = cfgmod.apply_overrides(cfg, {k: v for k, v in dict(data=args.data, checkpoint=args.checkpoint,
-                                                                    out=args.out).items() if v is not None})
+        cfg = cfgmod.load(PseudoLabelConfig, args.config, args.set,
+                          dict(data=args.data, checkpoint=args.checkpoint, out=args.out))
         rank = 0
         if world > 1:
             import datetime

@@ -213,51 +213,53 @@ class Trainer:
                              f"({cfg.batch_size})")
         self.step = 0
         self.out = Path(cfg.out)
-        if cfg.init_checkpoint:
-            pass  # the projection comes with the checkpoint
-        elif cfg.proj_init == "pca" and self.model.proj is not None:
-            n = min(cfg.proj_init_pairs, len(self.dataset))
-            imgs = torch.cat([torch.stack([self.dataset[i]["src_img"], self.dataset[i]["trg_img"]]) for i in range(n)])
-            self.model.eval()
-            self.pca_variance = self.model.init_projection_pca(imgs.to(self.device))
-        elif cfg.proj_init == "identity" and self.model.proj is not None:
-            self.model.init_projection_identity()
-        elif cfg.proj_init not in ("pca", "random", "identity"):
+        if cfg.proj_init not in ("pca", "random", "identity"):
             raise ValueError(f"scc: TrainConfig.proj_init must be 'pca', 'identity' or 'random', got {cfg.proj_init!r}")
+        if self.model.proj is not None and not cfg.init_checkpoint:  # a checkpoint brings its projection
+            if cfg.proj_init == "pca":
+                n = min(cfg.proj_init_pairs, len(self.dataset))
+                imgs = torch.cat([torch.stack([self.dataset[i]["src_img"], self.dataset[i]["trg_img"]]) for i in range(n)])
+                self.model.eval()
+                self.pca_variance = self.model.init_projection_pca(imgs.to(self.device))
+            elif cfg.proj_init == "identity":
+                self.model.init_projection_identity()
         self.cache = None
+        # datasets with image_keys (and with_images) can run on cached features
         if cfg.feature_cache and not cfg.unfreeze_backbone and hasattr(self.dataset, "image_keys"):
             self.cache = self.fill_cache()
 
+    def _cache_path(self, keys: list[str]) -> Path | None:
+        """Where the on-disk cache of these images lives (cache_dir), keyed by everything the features depend on."""
+        if not self.cfg.cache_dir:
+            return None
+        import hashlib
+
+        mc = self.model.config
+        ident = json.dumps(dict(data=str(Path(self.cfg.data).resolve()), keys=keys, img_size=self.cfg.img_size,
+                                backbone=mc.backbone, weights=mc.backbone_weights, stages=list(mc.feature_stages),
+                                stride=self.model.stride,
+                                fine_tuned_backbone=hashlib.sha1(Path(self.cfg.init_checkpoint).read_bytes()).hexdigest()
+                                if self.keep_backbone else None))
+        return Path(self.cfg.cache_dir) / f"features-{hashlib.sha1(ident.encode()).hexdigest()[:16]}.pt"
+
     @torch.no_grad()
     def fill_cache(self, chunk: int = 32) -> dict:
-        """{image key: hyperpixels (Din, h, w) fp16} for every training image (frozen backbone only)."""
+        """{image key: hyperpixels (Din, h, w) fp16} for every training image (frozen backbone only), read
+        from cache_dir when an earlier run stored them there."""
         keys = self.dataset.image_keys()
-        path = None
-        if self.cfg.cache_dir:
-            import hashlib
-
-            ident = json.dumps(dict(data=str(Path(self.cfg.data).resolve()), keys=keys, img_size=self.cfg.img_size,
-                                    backbone=self.model.config.backbone, weights=self.model.config.backbone_weights,
-                                    stages=list(self.model.config.feature_stages), stride=self.model.stride,
-                                    fine_tuned_backbone=hashlib.sha1(Path(self.cfg.init_checkpoint).read_bytes()).hexdigest()
-                                    if self.keep_backbone else None))
-            path = Path(self.cfg.cache_dir) / f"features-{hashlib.sha1(ident.encode()).hexdigest()[:16]}.pt"
-            if path.is_file():
-                cache = torch.load(path, weights_only=True)
-                if hasattr(self.dataset, "with_images"):
-                    self.dataset.with_images = False
-                return cache
-        cache = {}
-        self.model.eval()
-        for i in tqdm(range(0, len(keys), chunk), desc="feature cache", unit="chunk", disable=self.rank != 0):
-            part = keys[i:i + chunk]
-            imgs = torch.stack([self.dataset.image_tensor(k) for k in part]).to(self.device)
-            for k, h in zip(part, self.model.hyperpixels(imgs).half().cpu()):
-                cache[k] = h
-        if hasattr(self.dataset, "with_images"):
-            self.dataset.with_images = False  # items now need only their names
-        if path is not None and self.rank == 0:
-            atomic_save(cache, str(path))
+        path = self._cache_path(keys)
+        if path is not None and path.is_file():
+            cache = torch.load(path, weights_only=True)
+        else:
+            cache = {}
+            self.model.eval()
+            for i in tqdm(range(0, len(keys), chunk), desc="feature cache", unit="chunk", disable=self.rank != 0):
+                part = keys[i:i + chunk]
+                imgs = torch.stack([self.dataset.image_tensor(k) for k in part]).to(self.device)
+                cache.update(zip(part, self.model.hyperpixels(imgs).half().cpu()))
+            if path is not None and self.rank == 0:
+                atomic_save(cache, str(path))
+        self.dataset.with_images = False  # items now need only their names and annotations
         return cache
 
     # ---- checkpoints ---------------------------------------------------------------------------------
@@ -296,10 +298,10 @@ class Trainer:
 
         cfg = self.cfg
         if not hasattr(self, "_val_set"):
-            ds = make_dataset(cfg.val_dataset, cfg.val_data, 320)
-            k = max(1, len(ds) // cfg.val_pairs) if cfg.val_pairs else 1
-            self._val_set = torch.utils.data.Subset(ds, list(range(0, len(ds), k))[: cfg.val_pairs or None])
-        rep = evaluate(self.model, self._val_set, EvalConfig(dataset=cfg.val_dataset, device=cfg.device), progress=False)
+            self._val_set = make_dataset(cfg.val_dataset, cfg.val_data, 320)
+        every = max(1, len(self._val_set) // cfg.val_pairs) if cfg.val_pairs else 1
+        ecfg = EvalConfig(dataset=cfg.val_dataset, device=cfg.device, every=every, max_pairs=cfg.val_pairs)
+        rep = evaluate(self.model, self._val_set, ecfg, progress=False)
         self.model.train()
         self.model.backbone.train(cfg.unfreeze_backbone)
         return {f"val_{k}": v["per_image"] for k, v in rep["overall"].items() if k.startswith("pck")}
@@ -328,7 +330,6 @@ class Trainer:
         if self.cache is not None:
             for side in ("src", "trg"):
                 b[f"{side}_hyper"] = torch.stack([self.cache[k] for k in b[f"{side}_key"]]).float()
-                b.pop(f"{side}_img", None)
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
 
     def run(self, progress: bool = True, stop_after: int | None = None) -> dict:

@@ -53,3 +53,26 @@ def test_per_image_vs_per_point():
 def test_no_valid_keypoints_is_an_error():
     with pytest.raises(ValueError, match="no valid keypoints"):
         pck_counts(torch.zeros(3, 2), torch.zeros(3, 2), 0, 10.0, (0.1,))
+
+
+def test_every_and_max_pairs_pick_evenly_spaced_pairs():
+    from scc.data.synthetic import SyntheticPairs
+    from scc.evaluate import EvalConfig, evaluate
+    from scc.model import ModelConfig, SCCNet
+
+    seen = []
+
+    class Recording(SyntheticPairs):  # records which pairs the evaluation reads
+        def __getitem__(self, i):
+            seen.append(i)
+            return super().__getitem__(i)
+
+    wrapper = Recording(num_classes=2, num_pairs=7, img_size=64, seed=3)
+    net = SCCNet(ModelConfig(backbone_weights=None, vote_radius=1))
+    rep = evaluate(net, wrapper, EvalConfig(dataset="synthetic", every=3), progress=False)
+    assert seen == [0, 3, 6] and rep["protocol"]["pairs_evaluated"] == 3
+    seen.clear()
+    evaluate(net, wrapper, EvalConfig(dataset="synthetic", every=3, max_pairs=2), progress=False)
+    assert seen == [0, 3]
+    with pytest.raises(ValueError, match="every"):
+        evaluate(net, wrapper, EvalConfig(dataset="synthetic", every=0), progress=False)

@@ -207,6 +207,8 @@ def test_strong_training_reads_the_output(folder, tmp_path):
         "model.proj_dim=16", "model.vote_radius=1", "warmup_steps=1", "tensorboard=false", f"out={tmp_path / 'run'}"])
     tr = T.Trainer(cfg)
     assert tr.cache is not None and len(tr.cache) > 0  # features cached for the pseudo-labelled images
+    b = tr.batch(0)
+    assert "src_img" not in b and b["src_hyper"].shape[0] == 2  # images are not decoded any more
     terms = tr.run(progress=False)
     assert np.isfinite(terms["keypoint"]) and (tmp_path / "run" / "model.pt").is_file()
 

@@ -51,15 +51,37 @@ def kp_box(kps: torch.Tensor) -> torch.Tensor:
     return torch.cat([kps.min(0).values, kps.max(0).values])
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header (no decoding)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scc: image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"scc: corrupt or unreadable image {path}: {exc}") from exc
+
+
 def pair_item(src_im, trg_im, src_kps, trg_kps, category, src_name, trg_name, size,
-              src_bbox=None, trg_bbox=None, pckthres_kind="bbox-kp", square: bool = False) -> dict:
+              src_bbox=None, trg_bbox=None, pckthres_kind="bbox-kp", square: bool = False,
+              with_images: bool = True) -> dict:
     """The field's batch dict for one pair; keypoints and boxes in the resized images' pixels.
     ``square``: resize both images to size x size (training batches) instead of keeping the aspect;
-    the scales are then per axis (sx, sy)."""
+    the scales are then per axis (sx, sy). ``with_images=False`` (square only; e.g. under a feature cache):
+    src_im / trg_im are the images' (w, h) sizes and the item holds no image tensors."""
+    if not with_images:
+        if not square or pckthres_kind == "img":
+            raise ValueError("scc: pair_item(with_images=False) needs square=True and a box threshold")
+        src_wh, trg_wh = src_im, trg_im
+    else:
+        src_wh, trg_wh = src_im.size, trg_im.size
+    src_img = trg_img = None
     if square:
-        src_img, trg_img = to_square_tensor(src_im, size), to_square_tensor(trg_im, size)
-        s_scale = torch.tensor([size / src_im.size[0], size / src_im.size[1]])
-        t_scale = torch.tensor([size / trg_im.size[0], size / trg_im.size[1]])
+        if with_images:
+            src_img, trg_img = to_square_tensor(src_im, size), to_square_tensor(trg_im, size)
+        s_scale = torch.tensor([size / src_wh[0], size / src_wh[1]])
+        t_scale = torch.tensor([size / trg_wh[0], size / trg_wh[1]])
     else:
         src_img, s_scale = resize_longer(src_im, size)
         trg_img, t_scale = resize_longer(trg_im, size)
@@ -77,13 +99,15 @@ def pair_item(src_im, trg_im, src_kps, trg_kps, category, src_name, trg_name, si
     else:
         box = kp_box(trg_kps) if pckthres_kind == "bbox-kp" else trg_bbox
         pckthres = float((box[2:] - box[:2]).max())
-    return dict(
-        src_img=src_img, trg_img=trg_img, src_kps=pad_kps(src_kps), trg_kps=pad_kps(trg_kps), n_pts=n,
+    item = dict(
+        src_kps=pad_kps(src_kps), trg_kps=pad_kps(trg_kps), n_pts=n,
         src_bbox=src_bbox, trg_bbox=trg_bbox, pckthres=pckthres, category=category,
-        src_imname=src_name, trg_imname=trg_name,
-        src_imsize=(src_im.size[0], src_im.size[1]), trg_imsize=(trg_im.size[0], trg_im.size[1]),
+        src_imname=src_name, trg_imname=trg_name, src_imsize=tuple(src_wh), trg_imsize=tuple(trg_wh),
         src_scale=s_scale, trg_scale=t_scale,
     )
+    if with_images:
+        item.update(src_img=src_img, trg_img=trg_img)
+    return item
 
 
 def collate_single(items: list[dict]) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .common import MAX_KPS, load_image, pair_item, to_square_tensor
+from .common import MAX_KPS, image_size, load_image, pair_item, to_square_tensor
 
 
 def parse_entry(entry: str) -> tuple[str, str, str]:
@@ -29,7 +29,10 @@ def parse_entry(entry: str) -> tuple[str, str, str]:
 
 
 class SPair(Dataset):
-    """``square``: resize images to img_size x img_size (training batches; keypoints scaled per axis)."""
+    """``square``: resize images to img_size x img_size (training batches; keypoints scaled per axis).
+    A training feature cache sets ``with_images = False``: items then skip decoding the images."""
+
+    with_images: bool = True
 
     def __init__(self, root: str, split: str = "test", img_size: int | None = 320, square: bool = False):
         if square and not img_size:
@@ -83,9 +86,10 @@ class SPair(Dataset):
         src, trg, category = parse_entry(self.entries[idx])
         ann = self.annotation(idx)
         img_dir = self.root / "JPEGImages" / category
-        item = pair_item(load_image(img_dir / f"{src}.jpg"), load_image(img_dir / f"{trg}.jpg"),
+        read = load_image if self.with_images else image_size
+        item = pair_item(read(img_dir / f"{src}.jpg"), read(img_dir / f"{trg}.jpg"),
                          torch.tensor(ann["src_kps"], dtype=torch.float32), torch.tensor(ann["trg_kps"], dtype=torch.float32),
                          category, f"{src}.jpg", f"{trg}.jpg", self.img_size, ann["src_bndbox"], ann["trg_bndbox"],
-                         pckthres_kind="bbox", square=self.square)
+                         pckthres_kind="bbox", square=self.square, with_images=self.with_images)
         item.update(src_key=f"{category}/{src}.jpg", trg_key=f"{category}/{trg}.jpg")
         return item
