@@ -36,3 +36,7 @@ echo "== argument errors (own process: a crash here must not hide the results ab
 timeout 60 python3 -X faulthandler -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda_ops.py::test_argument_errors \
   > "$OUT/tests_args.log" 2>&1
 tail -5 "$OUT/tests_args.log"
+if grep -q "Fatal Python error" "$OUT/tests_args.log"; then
+  echo "== argument errors crashed: each bad-input call in its own process (native backtrace: args_bisect.md)"
+  timeout 300 python3 benchmarks/gpu_args_bisect.py --out "$OUT"
+fi
