@@ -50,10 +50,10 @@ class LossConfig:
     pseudo_source: str = "calibrated"
 
 
-def features(model, batch: dict, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+def features(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(fs, ft) of a batch: from cached hyperpixels (`src_hyper`, `trg_hyper`) when the batch has them,
-    else from the images; through ``forward`` (e.g. a DistributedDataParallel wrapper) when given."""
-    return (forward or model)(batch.get("src_img"), batch.get("trg_img"), batch.get("src_hyper"), batch.get("trg_hyper"))
+    else from the images."""
+    return model(batch.get("src_img"), batch.get("trg_img"), batch.get("src_hyper"), batch.get("trg_hyper"))
 
 
 def pair_score(corr: torch.Tensor, tau: float) -> torch.Tensor:
@@ -154,11 +154,9 @@ class WeakSupervision:
         self.cfg = cfg or LossConfig()
         self.use_region, self.use_pixel = use_region, use_pixel
 
-    def loss(self, model, batch: dict, step: int, forward=None) -> tuple[torch.Tensor, dict]:
-        """``forward``: what computes (fs, ft) from the images, e.g. a DistributedDataParallel wrapper of
-        ``model`` (default: ``model`` itself)."""
+    def loss(self, model, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
-        fs, ft = features(model, batch, forward)
+        fs, ft = features(model, batch)
         labels = torch.as_tensor(batch["label"], device=fs.device)
         src_i, trg_j = negative_index(labels)
         if src_i.numel() == 0:
@@ -213,8 +211,8 @@ class StrongSupervision:
     def __init__(self, cfg: LossConfig | None = None):
         self.cfg = cfg or LossConfig()
 
-    def loss(self, model, batch: dict, step: int, forward=None) -> tuple[torch.Tensor, dict]:
-        fs, ft = features(model, batch, forward)
+    def loss(self, model, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
+        fs, ft = features(model, batch)
         corr = model.filtered_volume(fs, ft)
         b, hs, ws, ht, wt = corr.shape
         logits = corr.flatten(1, 2).flatten(2) / self.cfg.tau  # (B, Ns, Nt)

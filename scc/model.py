@@ -88,6 +88,10 @@ class SCCNet(nn.Module):
         if cfg.proj_dim < -1:
             raise ValueError(f"scc: ModelConfig.proj_dim must be >= -1, got {cfg.proj_dim}")
         self.proj = nn.Conv2d(in_dim, in_dim if cfg.proj_dim == -1 else cfg.proj_dim, 1) if cfg.proj_dim else None
+        if cfg.neigh_consensus and cfg.nc_kernel not in (3, 5, 7):
+            # the CUDA conv4d kernel is built for these sizes (the CPU one takes any odd size): a model
+            # must not train on one device and fail on the other
+            raise ValueError(f"scc: ModelConfig.nc_kernel must be 3, 5 or 7, got {cfg.nc_kernel}")
         self.nc = NeighConsensus(cfg.nc_channels, cfg.nc_kernel) if cfg.neigh_consensus else None
         self.bin_logit = nn.Parameter(torch.tensor(float(cfg.bin_init))) if cfg.unmatched_bin else None
         self.stride = cfg.stride
@@ -147,7 +151,7 @@ class SCCNet(nn.Module):
         return float(var[:d].sum() / var.sum())
 
     def forward(self, src_img, trg_img, src_hyper=None, trg_hyper=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fs, ft): the features of a batch of pairs (what training wraps in DistributedDataParallel).
+        """(fs, ft): the features of a batch of pairs (the start of every training loss).
         ``src_hyper`` / ``trg_hyper``: precomputed hyperpixels (a feature cache) used instead of the images."""
         fs = self.project(src_hyper) if src_hyper is not None else self.features(src_img)
         ft = self.project(trg_hyper) if trg_hyper is not None else self.features(trg_img)

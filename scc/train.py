@@ -4,9 +4,11 @@ One process (CPU or one GPU), or several under torchrun (`torchrun --nproc_per_n
 DistributedDataParallel, gloo on CPU and nccl on GPUs, each rank taking an equal share of every global
 batch (`batch_size` is the global batch), rank 0 logging, validating and checkpointing. Gradients are
 averaged over ranks, so keypoint (strong) training equals a single process with the same global batch;
-weak training forms its batch-rolled negatives within each rank's share, so it does not. Deterministic: the batch of every step is a pure function of
-(seed, step), so ``--resume`` continues from the last checkpoint with the same optimizer, scheduler,
-RNG and data order, and an interrupted run ends with the same weights as an uninterrupted one.
+weak training forms its batch-rolled negatives within each rank's share, so it does not. Deterministic:
+the batch of every step is a pure function of (seed, step), so ``--resume`` continues from the last
+checkpoint with the same optimizer, scheduler, RNG and data order, and an interrupted run ends with the
+same weights as an uninterrupted one (on CUDA, cuDNN and cuBLAS run in deterministic mode; a PyTorch op
+without a deterministic CUDA kernel, which PyTorch names in a warning, can still make the last bits differ).
 Checkpoints are written atomically (temp file + rename) every ``ckpt_every`` steps and at the end,
 with the config and git commit; a NaN/inf loss stops the run with a clear message and keeps the
 last good checkpoint.
@@ -147,14 +149,19 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _rng_state() -> dict:
-    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+def _rng_state(device: torch.device) -> dict:
+    s = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    if device.type == "cuda":
+        s["cuda"] = torch.cuda.get_rng_state(device)
+    return s
 
 
-def _set_rng_state(s: dict) -> None:
+def _set_rng_state(s: dict, device: torch.device) -> None:
     torch.set_rng_state(s["torch"])
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
+    if device.type == "cuda" and "cuda" in s:
+        torch.cuda.set_rng_state(s["cuda"], device)
 
 
 def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
@@ -170,10 +177,31 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def _deterministic_cuda() -> None:
+    """Deterministic cuDNN / cuBLAS for bitwise-repeatable training steps (process-wide settings)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any GEMM
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class _Loss(torch.nn.Module):
+    """The model and its supervision strategy: forward(batch, step) -> (loss, terms)."""
+
+    def __init__(self, model: SCCNet, strategy):
+        super().__init__()
+        self.model, self.strategy = model, strategy
+
+    def forward(self, batch: dict, step: int):
+        return self.strategy.loss(self.model, batch, step)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.rank, self.world, self.device = _distributed(torch.device(cfg.device))
+        if self.device.type == "cuda":
+            _deterministic_cuda()
         if cfg.batch_size % self.world:
             raise ValueError(f"scc: batch_size {cfg.batch_size} (the global batch) must divide among {self.world} ranks")
         torch.manual_seed(cfg.seed)
@@ -193,12 +221,6 @@ class Trainer:
         if not params:
             raise ValueError("scc: nothing to train: set model.proj_dim > 0, neigh_consensus, unmatched_bin, or "
                              "unfreeze_backbone")
-        self.ddp = None
-        if self.world > 1:
-            # find_unused_parameters: some parameters only act under no_grad (pseudo-labels) in some steps
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         if cfg.mode == "weak":
@@ -207,6 +229,14 @@ class Trainer:
             self.strategy = StrongSupervision(cfg.loss)
         else:
             raise ValueError(f"scc: TrainConfig.mode must be 'weak' or 'strong', got {cfg.mode!r}")
+        self.loss_fn = _Loss(self.model, self.strategy)
+        if self.world > 1:
+            # DDP wraps the whole loss: parameters that act after the features (neighbourhood consensus)
+            # must act inside its forward. find_unused_parameters: some parameters only act under no_grad
+            # (pseudo-labels) in some steps.
+            self.loss_fn = torch.nn.parallel.DistributedDataParallel(
+                self.loss_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         self.dataset = make_train_dataset(cfg)
         if len(self.dataset) < cfg.batch_size:
             raise ValueError(f"scc: the training set has {len(self.dataset)} pairs, fewer than one batch "
@@ -273,21 +303,23 @@ class Trainer:
             return
         self.model.save(str(self.out / "model.pt"), include_backbone=self.keep_backbone)
         state = dict(step=self.step, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
-                     scheduler=self.sched.state_dict(), rng=_rng_state(), config=cfgmod.to_dict(self.cfg),
-                     git_commit=git_commit())
+                     scheduler=self.sched.state_dict(), rng=_rng_state(self.device),
+                     config=cfgmod.to_dict(self.cfg), git_commit=git_commit())
         atomic_save(state, str(self.last_path))
 
     def resume(self) -> None:
         if not self.last_path.is_file():
             raise FileNotFoundError(f"scc: --resume: no checkpoint at {self.last_path}")
-        state = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        # on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves weights and optimizer
+        # state to the parameters' device
+        state = torch.load(self.last_path, map_location="cpu", weights_only=False)
         if state["config"] != cfgmod.to_dict(self.cfg):
             raise ValueError(f"scc: --resume: {self.last_path} was written with another config; resume with the "
                              f"same config (see {self.out / 'config.yaml'})")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], self.device)
         self.step = state["step"]
 
     # ---- loop ------------------------------------------------------------------------------------------
@@ -357,7 +389,7 @@ class Trainer:
         while self.step < end:
             batch = self.batch(self.step)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, terms = self.strategy.loss(self.model, batch, self.step, forward=self.ddp)
+                loss, terms = self.loss_fn(batch, self.step)
             finite = torch.isfinite(loss.detach()).float()
             if self.world > 1:  # every rank stops together (a lone rank would hang in the gradient all-reduce)
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)

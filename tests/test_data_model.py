@@ -138,6 +138,16 @@ def test_backbone_weights_errors(tmp_path):
         Backbone("resnet18", (1, 2), weights=str(tmp_path / "partial.pth"))
 
 
+def test_model_config_refuses_what_a_device_cannot_run():
+    from scc.model import ModelConfig, SCCNet
+
+    # the CPU conv4d takes any odd kernel, the CUDA one 3, 5 and 7: refused up front, on every device
+    with pytest.raises(ValueError, match="nc_kernel must be 3, 5 or 7"):
+        SCCNet(ModelConfig(backbone_weights=None, neigh_consensus=True, nc_kernel=1))
+    with pytest.raises(ValueError, match="proj_dim"):
+        SCCNet(ModelConfig(backbone_weights=None, proj_dim=-2))
+
+
 def test_sccnet_match_shapes_and_checkpoint_roundtrip(tmp_path):
     from scc.model import ModelConfig, SCCNet
 

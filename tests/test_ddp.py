@@ -38,9 +38,12 @@ def _worker(rank, world, port, sets, out):
             dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", ["strong", "weak"])
-def test_two_ranks_with_gloo(tmp_path, mode):
-    sets = SETS + [f"mode={mode}", f"out={tmp_path / 'run'}"]
+@pytest.mark.parametrize("mode,extra", [("strong", []), ("weak", []),
+                                        # consensus weights act after the features: inside the loss
+                                        ("weak", ["model.neigh_consensus=true", "model.nc_channels=2"])],
+                         ids=["strong", "weak", "weak-consensus"])
+def test_two_ranks_with_gloo(tmp_path, mode, extra):
+    sets = SETS + extra + [f"mode={mode}", f"out={tmp_path / 'run'}"]
     mp.spawn(_worker, args=(2, _free_port(), sets, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in r0:
