@@ -1,10 +1,14 @@
-"""CUDA kernels (torch.ops.scc.*, csrc/cuda/*.cu) against the float64 reference (scc_kernels.reference).
+"""CUDA kernels (csrc/cuda/*.cu) against the float64 reference (scc_kernels.reference).
+
+On a GPU the kernels run as torch.ops.scc.* on CUDA tensors. Without one (CI, most sessions) the same
+sources run in the CPU emulator of tests/cuda_emu (torch.ops.scc_cuda_emu.*: CUDA threads as fibers with
+real barriers and warp shuffles, the host code unchanged), so their logic is checked on every run.
 
 Every case draws float64 inputs, rounds them to the dtype under test, and compares
   - the CUDA op (forward, and the *_backward op called directly) on those rounded inputs, with
   - the reference evaluated in float64 on the same rounded inputs (the truth; gradients by autograd).
 float64 must match to ~1e-12 relative. For float32, float16 and bfloat16 the CUDA op's max error against the
-truth must be at most twice the error of the same reference computation run by PyTorch on the GPU in that
+truth must be at most twice the error of the same reference computation run by PyTorch on the device in that
 dtype (plus a few ulps of the result's scale, for cases where PyTorch happens to be exact).
 Ops whose gradient follows an argmax (mutual_nn, masked_vote, soft_argmax) take their truth on the CPU,
 where torch.max(dim) returns the first index attaining the maximum, as the kernels do.
@@ -21,14 +25,21 @@ import torch
 
 os.environ.setdefault("SCC_POISON", "1")  # read once, when the extension first allocates an output
 
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA device: the CUDA kernels cannot run here", allow_module_level=True)
-
 import scc_kernels  # noqa: E402,F401  (loads the extension and registers torch.ops.scc.*)
 from scc_kernels import reference as ref  # noqa: E402
 
-OPS = torch.ops.scc
-DEV = torch.device("cuda")
+EMULATED = not torch.cuda.is_available()
+if EMULATED:
+    import cuda_emu  # noqa: E402  (tests/cuda_emu)
+
+    if (why := cuda_emu.enabled()) is not None:
+        pytest.skip(f"no CUDA device, and the CUDA emulator is off ({why})", allow_module_level=True)
+    cuda_emu.load()
+    OPS, DEV = torch.ops.scc_cuda_emu, torch.device("cpu")
+else:
+    OPS, DEV = torch.ops.scc, torch.device("cuda")
+gpu_only = pytest.mark.skipif(EMULATED, reason="CUDA tensors needed (the emulator takes CPU tensors; the "
+                              "host-side argument checks run without a GPU in test_cuda_args_host.py)")
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 DT_IDS = ["f64", "f32", "f16", "bf16"]
 B_SIZES = [1, 3]
@@ -86,7 +97,7 @@ def _compare(fn, cuda_fwd, cuda_bwd, inputs, grad_outs, diff, dtype, truth_devic
     outs = cuda_fwd(*cuda_in)
     outs = outs if isinstance(outs, tuple) else (outs,)
     for k, (o, t, lo) in enumerate(zip(outs, t_out, low_out)):
-        assert o.dtype == dtype and o.device.type == "cuda"
+        assert o.dtype == dtype and o.device.type == DEV.type
         _check(f"{names[0]}[{k}]", o, t, lo, dtype)
     grads = cuda_bwd(cuda_in, outs, [g.to(DEV, dtype) for g in grad_outs])
     for k, (gr, t, lo) in enumerate(zip(grads, t_grad, low_grad)):
@@ -279,6 +290,7 @@ def test_conv4d_k7():
 
 # ---- argument checks ------------------------------------------------------------------------
 
+@gpu_only
 def test_argument_errors():
     c = torch.rand(2, 3, 4, device=DEV)
     with pytest.raises(ValueError, match="corr"):
@@ -294,6 +306,7 @@ def test_argument_errors():
         OPS.conv4d(torch.rand(1, 2, 3, 3, 3, 3, device=DEV), torch.rand(1, 3, 3, 3, 3, 3, device=DEV), None)
 
 
+@gpu_only
 def test_argument_errors_more():
     # Every CUDA op checks its arguments in host code before touching the device: ValueError, no crash.
     c5 = torch.rand(1, 2, 2, 2, 2, device=DEV)

@@ -1,0 +1,155 @@
+"""The CUDA kernels of csrc/cuda, built for the CPU emulator (cuda_emu.h) as torch.ops.scc_cuda_emu.*.
+
+Most sessions and every CI run have no GPU, so the CUDA kernels' arithmetic, indexing, barriers and warp
+shuffles would go unchecked between GPU sessions. Here the .cu sources are compiled by the host compiler:
+launches `kernel<<<grid, block, smem, stream>>>(args)` become `emu::launch(grid, block, smem, ...)`, each
+CUDA thread runs as a fiber with real barrier and shuffle semantics (cuda_emu.h), and the host code is
+the real one (the same allocation, grid sizes, vector-width choices). The ops take CPU tensors. Speed,
+memory coalescing and the GPU's own numerics (fast-math, FMA contraction) are what this does not check;
+tests/test_cuda_ops.py runs against torch.ops.scc on a real GPU when there is one.
+
+    from cuda_emu import load; load()   # builds once per source hash (a few minutes), then cached
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE.parent.parent / "csrc"
+NAME = "scc_cuda_emu"
+OPS = ("mutual_nn", "conv4d", "masked_vote", "calibrate", "soft_argmax")  # and each one's _backward
+
+
+def _split_top(s: str) -> list[str]:
+    """Split at commas outside parentheses and brackets."""
+    parts, depth, start = [], 0, 0
+    for k, c in enumerate(s):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(s[start:k].strip())
+            start = k + 1
+    parts.append(s[start:].strip())
+    return parts
+
+
+def _kernel_start(src: str, k: int) -> int:
+    """Start of the kernel expression `ns::name<targs>` that ends just before offset k."""
+    q = k
+    if src[q - 1] == ">":  # template arguments: back to the matching '<'
+        depth = 0
+        while True:
+            q -= 1
+            depth += {">": 1, "<": -1}.get(src[q], 0)
+            if depth == 0:
+                break
+    while q > 0 and (src[q - 1].isalnum() or src[q - 1] in "_:"):
+        q -= 1
+    return q
+
+
+def rewrite_launches(src: str) -> str:
+    """`kernel<T><<<grid, block[, smem[, stream]]>>>(args);` -> `::emu::launch(dim3(grid), dim3(block), smem,
+    [&] { kernel<T>(args); });`."""
+    out, pos = [], 0
+    while (k := src.find("<<<", pos)) >= 0:
+        start = _kernel_start(src, k)
+        cfg_end = src.index(">>>", k)
+        cfg = _split_top(src[k + 3:cfg_end])
+        p = cfg_end + 3
+        if src[p] != "(":
+            raise ValueError(f"cuda_emu: cannot parse the launch at offset {k}: {src[start:p + 20]!r}")
+        depth, q = 0, p
+        while True:
+            depth += {"(": 1, ")": -1}.get(src[q], 0)
+            if depth == 0:
+                break
+            q += 1
+        grid, block = cfg[0], cfg[1]
+        smem = cfg[2] if len(cfg) > 2 else "0"
+        out.append(src[pos:start])
+        out.append(f"::emu::launch(dim3({grid}), dim3({block}), {smem}, [&]() {{ {src[start:k]}({src[p + 1:q]}); }})")
+        pos = q + 1
+    out.append(src[pos:])
+    return "".join(out)
+
+
+_EXTERN_SMEM = re.compile(r"extern\s+__shared__\s+([\w:<> ]+?)\s+(\w+)\s*\[\s*\]\s*;")
+
+
+def translate(src: str) -> str:
+    src = _EXTERN_SMEM.sub(r"\1* \2 = reinterpret_cast<\1*>(::emu::dynamic_smem());", src)
+    return rewrite_launches(src)
+
+
+def registration() -> str:
+    """TORCH_LIBRARY(scc_cuda_emu) with csrc/ops.cpp's schemas of OPS, implemented by scc::cuda::*."""
+    text = (CSRC / "ops.cpp").read_text()
+    lib = text[text.index("TORCH_LIBRARY(scc, m)"):]
+    lib = lib[:lib.index("\n}")]
+    names = {op for base in OPS for op in (base, base + "_backward")}
+    defs = [d for d in re.findall(r"m\.def\((.*?)\);", lib, re.S) if re.match(r'"(\w+)\(', d).group(1) in names]
+    lines = ["#include <torch/library.h>", '#include "ops.h"', "", f"TORCH_LIBRARY({NAME}, m) {{"]
+    lines += [f"  m.def({d});" for d in defs]
+    lines += ["}", "", f"TORCH_LIBRARY_IMPL({NAME}, CPU, m) {{"]
+    lines += [f'  m.impl("{op}", &scc::cuda::{op});' for op in sorted(names)]
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def _emulator_files() -> list[Path]:
+    return sorted([*CSRC.glob("cuda/*.cuh"), CSRC / "common.h", CSRC / "ops.h", HERE / "cuda_emu.h",
+                   Path(__file__).resolve(), *HERE.glob("include/**/*.h")])
+
+
+def build(name: str, sources: dict[str, str]) -> None:
+    """Compiles translated sources ({file name: C++ text}) with the emulator and loads the library
+    (its TORCH_LIBRARY registrations); rebuilt only when a source or the emulator changed."""
+    from torch.utils import cpp_extension
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for p in _emulator_files():
+        digest.update(p.name.encode() + p.read_bytes())
+    for file, text in sorted(sources.items()):
+        digest.update(file.encode() + text.encode())
+    build_dir = Path(tempfile.gettempdir()) / f"{name}_{digest.hexdigest()[:16]}"
+    src_dir = build_dir / "src"
+    src_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for file, text in sorted(sources.items()):
+        (src_dir / file).write_text(text)
+        paths.append(str(src_dir / file))
+    cpp_extension.load(
+        name=name, sources=paths, build_directory=str(build_dir), is_python_module=False, verbose=False,
+        extra_include_paths=[str(HERE / "include"), str(CSRC)],
+        # -Dscc=...: the emulated kernels get their own namespace, apart from the real extension's symbols;
+        # -U_FORTIFY_SOURCE: its longjmp check refuses the jumps between fiber stacks
+        extra_cflags=["-O1", "-std=c++20", "-fno-strict-aliasing", "-fvisibility=hidden", "-U_FORTIFY_SOURCE",
+                      "-Dscc=scc_emu", "-include", str(HERE / "cuda_emu.h")],
+    )
+
+
+def load() -> None:
+    """Build (if the sources changed) and load torch.ops.scc_cuda_emu: csrc/cuda/*.cu on the emulator."""
+    if hasattr(torch.ops, NAME) and hasattr(getattr(torch.ops, NAME), "soft_argmax"):
+        return
+    sources = {f"{cu.stem}.cpp": f"// generated by tests/cuda_emu from {cu.name}\n" + translate(cu.read_text())
+               for cu in sorted(CSRC.glob("cuda/*.cu"))}
+    sources["registration.cpp"] = registration()
+    build(NAME, sources)
+
+
+def enabled() -> str | None:
+    """None when the emulator may run here, else why not."""
+    if os.environ.get("SCC_CUDA_EMU", "1") == "0":
+        return "SCC_CUDA_EMU=0"
+    return None

@@ -1,0 +1,265 @@
+// A CUDA execution model on the CPU, for checking what the kernels of csrc/cuda compute (not how fast).
+//
+// Every CUDA thread of a block is a fiber on the calling OS thread (started with makecontext, then
+// switched with _setjmp/_longjmp, which skip swapcontext's signal-mask system call); the scheduler runs each
+// fiber until it waits at __syncthreads() or at a warp shuffle (or returns), and releases a barrier
+// when every live thread of the block (warp) waits at it. Blocks run one after another; their shared
+// memory is filled with 0xff bytes (NaN for floats) before each block, like memory nobody wrote. A
+// barrier that can never be released (divergent __syncthreads, a shuffle some lanes skip) is reported
+// as a deadlock. Launch limits are the hardware's (1024 threads, 48 KiB of dynamic shared memory
+// without an opt-in, grid y and z <= 65535). Static __shared__ arrays become function statics: shared by
+// the fibers of a block, which is all a block needs since blocks do not overlap.
+//
+// tests/cuda_emu/__init__.py rewrites the launches (kernel<<<grid, block, smem, stream>>>(args)) into
+// emu::launch calls and `extern __shared__` arrays into emu::dynamic_smem(), and force-includes this file.
+#pragma once
+
+#include <setjmp.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct uint3 {
+  unsigned x, y, z;
+};
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+using cudaStream_t = void*;
+
+// The device math the kernels call unqualified (float overloads, as on the GPU).
+using std::abs;
+using std::exp;
+using std::log;
+using std::pow;
+using std::sqrt;
+
+namespace emu {
+
+enum class State : unsigned char { kRun, kBlockBarrier, kWarpBarrier, kDone };
+
+struct Fiber {
+  ucontext_t ctx;  // the first entry
+  jmp_buf env;     // where it waits
+  bool started = false;
+  unsigned shuffles = 0;  // shuffles done: selects the half of the double-buffered exchange
+  char* stack = nullptr;
+  uint3 tid{0, 0, 0};
+  unsigned warp = 0, lane = 0;
+  State state = State::kDone;
+};
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kSlotBytes = 16;  // per lane, for shuffled values
+
+struct Exec {
+  dim3 grid, block;
+  uint3 bid{0, 0, 0};
+  unsigned nthreads = 0;
+  std::vector<Fiber> fibers;
+  unsigned cur = 0;
+  jmp_buf sched;
+  ucontext_t boot;
+  unsigned char* smem = nullptr;
+  size_t smem_bytes = 0;
+  std::vector<unsigned char> warp_buf;
+  const std::function<void()>* body = nullptr;
+};
+
+inline Exec*& exec() {
+  thread_local Exec* e = nullptr;
+  return e;
+}
+
+inline Fiber& self() { return exec()->fibers[exec()->cur]; }
+
+inline void wait_as(State s) {
+  Exec* e = exec();
+  Fiber& f = e->fibers[e->cur];
+  f.state = s;
+  if (_setjmp(f.env) == 0) _longjmp(e->sched, 1);
+}
+
+[[noreturn]] inline void fiber_entry() {
+  Exec* e = exec();
+  (*e->body)();
+  e->fibers[e->cur].state = State::kDone;
+  _longjmp(e->sched, 1);
+}
+
+// Runs fiber t until it waits or returns.
+inline void resume(Exec& e, unsigned t) {
+  e.cur = t;
+  Fiber& f = e.fibers[t];
+  if (_setjmp(e.sched) == 0) {
+    if (f.started) _longjmp(f.env, 1);
+    f.started = true;
+    swapcontext(&e.boot, &f.ctx);  // does not return: the fiber comes back by _longjmp(e.sched)
+  }
+}
+
+inline unsigned char* dynamic_smem() { return exec()->smem; }
+
+inline unsigned lanes_in_warp(const Exec& e, unsigned warp) { return std::min(32u, e.nthreads - warp * 32); }
+
+inline void run_block(Exec& e) {
+  const unsigned n = e.nthreads;
+  for (unsigned t = 0; t < n; ++t) {
+    Fiber& f = e.fibers[t];
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, reinterpret_cast<void (*)()>(&fiber_entry), 0);
+    f.started = false;
+    f.shuffles = 0;
+    f.state = State::kRun;
+  }
+  if (e.smem_bytes) std::memset(e.smem, 0xff, e.smem_bytes);
+  const unsigned nwarps = (n + 31) / 32;
+  for (;;) {
+    for (unsigned t = 0; t < n; ++t) {
+      if (e.fibers[t].state == State::kRun) resume(e, t);
+    }
+    bool alive = false, released = false;
+    for (unsigned w = 0; w < nwarps; ++w) {
+      bool any = false, all = true;
+      for (unsigned t = w * 32; t < w * 32 + lanes_in_warp(e, w); ++t) {
+        if (e.fibers[t].state == State::kDone) continue;
+        any = true;
+        all = all && e.fibers[t].state == State::kWarpBarrier;
+      }
+      if (any && all) {
+        for (unsigned t = w * 32; t < w * 32 + lanes_in_warp(e, w); ++t)
+          if (e.fibers[t].state == State::kWarpBarrier) e.fibers[t].state = State::kRun;
+        released = true;
+      }
+    }
+    bool any = false, all = true;
+    for (unsigned t = 0; t < n; ++t) {
+      if (e.fibers[t].state == State::kDone) continue;
+      any = true;
+      all = all && e.fibers[t].state == State::kBlockBarrier;
+    }
+    if (any && all) {
+      for (unsigned t = 0; t < n; ++t) e.fibers[t].state = e.fibers[t].state == State::kDone ? State::kDone : State::kRun;
+      released = true;
+    }
+    for (unsigned t = 0; t < n; ++t) alive = alive || e.fibers[t].state != State::kDone;
+    if (!alive) return;
+    if (!released && std::none_of(e.fibers.begin(), e.fibers.begin() + n,
+                                  [](const Fiber& f) { return f.state == State::kRun; }))
+      throw std::runtime_error("cuda_emu: deadlock in block (" + std::to_string(e.bid.x) + ", " +
+                               std::to_string(e.bid.y) + ", " + std::to_string(e.bid.z) +
+                               "): threads wait at barriers that not all live threads reach");
+  }
+}
+
+template <typename F>
+void launch(dim3 grid, dim3 block, size_t smem, F&& kernel_call) {
+  const unsigned long long n = 1ull * block.x * block.y * block.z;
+  if (n == 0 || n > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 ||
+      grid.z > 65535)
+    throw std::runtime_error("cuda_emu: invalid launch configuration: grid (" + std::to_string(grid.x) + ", " +
+                             std::to_string(grid.y) + ", " + std::to_string(grid.z) + "), block (" +
+                             std::to_string(block.x) + ", " + std::to_string(block.y) + ", " +
+                             std::to_string(block.z) + ")");
+  if (smem > 48 * 1024)
+    throw std::runtime_error("cuda_emu: " + std::to_string(smem) +
+                             " bytes of dynamic shared memory need cudaFuncSetAttribute (over 48 KiB)");
+  Exec e;
+  e.grid = grid;
+  e.block = block;
+  e.nthreads = static_cast<unsigned>(n);
+  e.fibers.resize(n);
+  const std::unique_ptr<char[]> stacks(new char[n * kStackBytes]);  // not zeroed: pages touched where used
+  for (unsigned t = 0; t < n; ++t) {
+    Fiber& f = e.fibers[t];
+    f.stack = stacks.get() + t * kStackBytes;
+    f.tid = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+    f.warp = t / 32;
+    f.lane = t % 32;
+  }
+  std::vector<unsigned char> smem_buf(smem + 64);
+  e.smem = smem_buf.data() + (64 - reinterpret_cast<std::uintptr_t>(smem_buf.data()) % 64) % 64;
+  e.smem_bytes = smem;
+  e.warp_buf.resize(((n + 31) / 32) * 2 * 32 * kSlotBytes);
+  const std::function<void()> body = [&] { kernel_call(); };
+  e.body = &body;
+  Exec* outer = exec();
+  exec() = &e;
+  try {
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) {
+          e.bid = {x, y, z};
+          run_block(e);
+        }
+  } catch (...) {
+    exec() = outer;
+    throw;
+  }
+  exec() = outer;
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::self().tid)
+#define blockIdx (::emu::exec()->bid)
+#define blockDim (::emu::exec()->block)
+#define gridDim (::emu::exec()->grid)
+
+inline void __syncthreads() { emu::wait_as(emu::State::kBlockBarrier); }
+
+// One barrier per shuffle: the lanes exchange through one half of a double buffer, alternating halves,
+// so a lane that runs ahead to its next shuffle writes the other half while slower lanes still read.
+template <typename T>
+T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int /*width*/ = 32) {
+  static_assert(sizeof(T) <= emu::kSlotBytes && std::is_trivially_copyable_v<T>);
+  emu::Exec* e = emu::exec();
+  emu::Fiber& f = e->fibers[e->cur];
+  unsigned char* half = e->warp_buf.data() + ((f.warp * 2 + (f.shuffles++ & 1)) * 32) * emu::kSlotBytes;
+  std::memcpy(half + f.lane * emu::kSlotBytes, &v, sizeof(T));
+  emu::wait_as(emu::State::kWarpBarrier);  // every lane has written
+  const unsigned src = f.lane ^ static_cast<unsigned>(lane_mask);
+  T out = v;
+  if (src < emu::lanes_in_warp(*e, f.warp)) std::memcpy(&out, half + src * emu::kSlotBytes, sizeof(T));
+  return out;
+}
+
+// CUDA's max/min: for floating types fmax/fmin (a NaN argument loses), else the usual comparison. Declared
+// in the kernels' namespace so that unqualified calls there find them first.
+namespace scc {
+namespace cuda {
+template <typename T>
+inline T max(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) return std::fmax(a, b);
+  else return a < b ? b : a;
+}
+template <typename T>
+inline T min(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) return std::fmin(a, b);
+  else return b < a ? b : a;
+}
+}  // namespace cuda
+}  // namespace scc

@@ -1,0 +1,127 @@
+"""The CPU emulator of CUDA kernels (tests/cuda_emu) itself: barriers, shuffles, shared memory, launch limits.
+
+tests/test_cuda_ops.py trusts it to run csrc/cuda/*.cu like a GPU would (for what they compute); here small
+kernels check that trust: a block reduction through warp shuffles, static and dynamic shared memory and
+__syncthreads gives the exact sum; shared memory nobody wrote reads as NaN; a barrier that not every live
+thread can reach is reported; launches a GPU refuses are refused. The launch rewriting is checked on text.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cuda_emu
+
+pytestmark = pytest.mark.skipif(cuda_emu.enabled() is not None, reason=f"the CUDA emulator is off ({cuda_emu.enabled()})")
+
+KERNELS = r"""
+#include <torch/library.h>
+#include "cuda/utils.cuh"
+
+namespace scc {
+namespace cuda {
+namespace {
+
+// out[b] = sum of x[b, :] (n <= 1024): one block per row, the real block_sum (shuffles, static shared).
+__global__ void row_sum_kernel(const float* __restrict__ x, int64_t n, float* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  float* staged = reinterpret_cast<float*>(smem_raw);  // through dynamic shared memory, reversed
+  const int64_t t = threadIdx.x;
+  if (t < n) staged[n - 1 - t] = x[blockIdx.x * n + t];
+  __syncthreads();
+  const float v = block_sum(t < n ? staged[t] : 0.0f);
+  if (t == 0) out[blockIdx.x] = v;
+}
+
+__global__ void unwritten_smem_kernel(float* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  out[threadIdx.x] = reinterpret_cast<const float*>(smem_raw)[threadIdx.x];
+}
+
+// Lanes 0-15 wait at __syncthreads, lanes 16-31 at a shuffle: neither barrier can be released.
+__global__ void deadlock_kernel(float* __restrict__ out) {
+  float v = 1.0f;
+  if (threadIdx.x < 16) __syncthreads();
+  else v = warp_sum(v);
+  out[threadIdx.x] = v;
+}
+
+__global__ void noop_kernel() {}
+
+}  // namespace
+
+at::Tensor row_sum(const at::Tensor& x) {
+  at::Tensor out = at::empty({x.size(0)}, x.options());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  row_sum_kernel<<<x.size(0), 1024, x.size(1) * sizeof(float), stream>>>(x.const_data_ptr<float>(), x.size(1),
+                                                                          out.mutable_data_ptr<float>());
+  return out;
+}
+
+at::Tensor unwritten_smem() {
+  at::Tensor out = at::empty({64}, at::kFloat);
+  unwritten_smem_kernel<<<1, 64, 64 * sizeof(float)>>>(out.mutable_data_ptr<float>());
+  return out;
+}
+
+at::Tensor deadlock() {
+  at::Tensor out = at::empty({32}, at::kFloat);
+  deadlock_kernel<<<1, 32>>>(out.mutable_data_ptr<float>());
+  return out;
+}
+
+void launch(int64_t threads, int64_t grid_y, int64_t smem) { noop_kernel<<<dim3(1, grid_y), threads, smem>>>(); }
+
+}  // namespace cuda
+}  // namespace scc
+
+TORCH_LIBRARY(scc_cuda_emu_selftest, m) {
+  m.def("row_sum(Tensor x) -> Tensor", &scc::cuda::row_sum);
+  m.def("unwritten_smem() -> Tensor", &scc::cuda::unwritten_smem);
+  m.def("deadlock() -> Tensor", &scc::cuda::deadlock);
+  m.def("launch(int threads, int grid_y, int smem) -> ()", &scc::cuda::launch);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def ops():
+    cuda_emu.build("scc_cuda_emu_selftest", {"selftest.cpp": cuda_emu.translate(KERNELS)})
+    return torch.ops.scc_cuda_emu_selftest
+
+
+@pytest.mark.parametrize("n", [1, 31, 33, 200, 1024])
+def test_block_reduction_is_exact(ops, n):
+    # integers in [-1000, 1000]: every float32 partial sum is exact, whatever the order
+    x = torch.randint(-1000, 1001, (3, n), generator=torch.Generator().manual_seed(n)).float()
+    torch.testing.assert_close(ops.row_sum(x), x.sum(1), rtol=0, atol=0)
+
+
+def test_unwritten_shared_memory_reads_as_nan(ops):
+    assert torch.isnan(ops.unwritten_smem()).all()
+
+
+def test_a_barrier_not_every_thread_reaches_is_reported(ops):
+    with pytest.raises(RuntimeError, match="deadlock"):
+        ops.deadlock()
+
+
+@pytest.mark.parametrize("threads,grid_y,smem,word", [(1025, 1, 0, "invalid launch"), (32, 65536, 0, "invalid launch"),
+                                                      (32, 1, 48 * 1024 + 4, "shared memory")])
+def test_launches_a_gpu_refuses_are_refused(ops, threads, grid_y, smem, word):
+    ops.launch(1024, 1, 48 * 1024)  # the limits themselves are fine
+    ops.launch(1, 65535, 0)
+    with pytest.raises(RuntimeError, match=word):
+        ops.launch(threads, grid_y, smem)
+
+
+def test_launch_rewriting():
+    src = ("  k<T, 4><<<grid, dim3(a, b), smem, stream>>>(x, f(y, z),\n      w);\n"
+           "  g<<<n, 32>>>();\n"
+           "  extern __shared__ unsigned char smem_raw[];\n")
+    out = cuda_emu.translate(src)
+    assert "::emu::launch(dim3(grid), dim3(dim3(a, b)), smem, [&]() { k<T, 4>(x, f(y, z),\n      w); });" in out
+    assert "::emu::launch(dim3(n), dim3(32), 0, [&]() { g(); });" in out
+    assert "unsigned char* smem_raw = reinterpret_cast<unsigned char*>(::emu::dynamic_smem());" in out
+    assert "<<<" not in out
