@@ -168,6 +168,25 @@ def test_masked_vote(dtype, b, mode, radius, sigma):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_masked_vote_large_plane(dtype, mode):
+    # A 56 x 60 target plane: float32 takes the fused local path (the plane and its blur in 28 KiB of shared
+    # memory), float64 the four-pass one (56 KiB would exceed the 48 KiB a block gets without an opt-in).
+    g = _gen(8)
+    src, trg = (2, 3), (56, 60)
+    corr = torch.rand(2, *src, *trg, generator=g, dtype=torch.float64)
+    ms = torch.rand(2, *src, generator=g, dtype=torch.float64)
+    mt = torch.rand(2, *trg, generator=g, dtype=torch.float64)
+    grad = torch.randn(2, *src, *trg, generator=g, dtype=torch.float64)
+    _compare(
+        lambda c, s, t: ref.masked_vote(c, s, t, mode, 2, 1.0, 1e-6),
+        lambda c, s, t: OPS.masked_vote(c, s, t, mode, 2, 1.0, 1e-6),
+        lambda ins, outs, gos: OPS.masked_vote_backward(gos[0], *ins, mode, 2, 1.0, 1e-6),
+        [corr, ms, mt], [grad], [0, 1, 2], dtype, "cpu", ("masked_vote", "masked_vote_backward"),
+    )
+
+
 # ---- calibrate --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)

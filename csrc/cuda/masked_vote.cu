@@ -1,11 +1,18 @@
 // masked_vote on CUDA. h = A(w) with w_ij = corr_ij mask_s_i mask_t_j and A the local or global vote
 // operator, then g = h / (max over each batch item's volume of h + eps).
-//   local:  A factors into four 1D passes (all in opmath precision, fp32 or fp64):
-//           u = Gaussian blur of w over the target x then y axis, evaluated on the target grid
-//           extended by r on every side (j + d may leave the grid while j + d + e is inside it),
-//           then h_ij = sum_d u_(i+d),(j+d) as a box sum along the x and then the y diagonal.
-//   global: a thread per histogram offset o sums w over all (i, i + o) (no atomics, deterministic),
-//           the histogram is blurred by K with zero outside, and h_ij = Vblur(x_j - x_i).
+//   local:  A = a Gaussian blur over the target axes, then a diagonal box sum (opmath precision):
+//           u_i = K * w_i on the target grid extended by r on every side (j + d may leave the grid while
+//           j + d + e is inside it), then h_ij = sum_d u_(i+d),(j+d). Two kernels: one block per source
+//           cell blurs its target plane in shared memory (x then y pass; the weights w = corr ms mt are
+//           formed on the way in), then one block per source cell sums the (2r+1)^2 neighbouring u planes
+//           (read from L2: neighbouring blocks share them) and reduces its part of the per-batch peak.
+//           Traffic: read corr, write and read u, write h (then normalise: read h, write g). Planes whose
+//           shared-memory stage exceeds 48 KiB take four 1D passes through global memory instead.
+//   global: the offset histogram V(o) = sum over (i, i + o) of w: partial histograms per source row (a
+//           block per (b, iy), reading w once and coalesced), summed over rows in a fixed order (no
+//           atomics: deterministic), blurred by K with zero outside; h_ij = Vb(x_j - x_i). Every offset
+//           occurs, so the peak of h is Vb's: the forward writes g = Vb(x_j - x_i) / (peak + eps) directly
+//           (traffic: read corr once, write g once; h is never materialised).
 // A is self-adjoint (K symmetric, symmetric ranges), so the backward applies the same operator.
 #include "common.h"
 #include "cuda/utils.cuh"
@@ -33,6 +40,84 @@ struct Dims {
 template <typename acc_t>
 __device__ __forceinline__ acc_t gauss(int64_t e, acc_t inv_2s2) {
   return exp(-static_cast<acc_t>(e * e) * inv_2s2);
+}
+
+// ---- local operator, fused ----------------------------------------------------------------------
+
+// Shared memory of plane_blur_kernel: the plane (ht x wt), its x-blur (ht x wx) and the 2 rho + 1 taps.
+int64_t plane_blur_smem(const Dims& d, size_t elem) {
+  return static_cast<int64_t>(elem) * (d.ht * d.wt + d.ht * (d.wt + 2 * d.r) + 2 * d.rho + 1);
+}
+
+// u[(b,i), yp, xp] = sum_{ey,ex} k(ey) k(ex) w_i[yp - r + ey, xp - r + ex] on the extended grid
+// (ht + 2r) x (wt + 2r); a block per source cell (b, i). w_i = corr_i ms_i mt (kWeights) or in_i.
+template <typename scalar_t, typename acc_t, bool kWeights>
+__global__ void __launch_bounds__(kThreads)
+    plane_blur_kernel(const scalar_t* __restrict__ corr, const scalar_t* __restrict__ ms,
+                      const scalar_t* __restrict__ mt, const acc_t* __restrict__ in, Dims d, acc_t inv_2s2,
+                      acc_t* __restrict__ u) {
+  extern __shared__ unsigned char smem_raw[];
+  const int64_t wx = d.wt + 2 * d.r, hx = d.ht + 2 * d.r, nt = d.nt(), taps = 2 * d.rho + 1;
+  acc_t* plane = reinterpret_cast<acc_t*>(smem_raw);  // ht x wt
+  acc_t* ux = plane + nt;                              // ht x wx
+  acc_t* kern = ux + d.ht * wx;                        // taps
+  const int64_t bi = blockIdx.x;
+  const int tid = threadIdx.x, nth = blockDim.x;
+  for (int64_t e = tid; e < taps; e += nth) kern[e] = gauss(e - d.rho, inv_2s2);
+  if constexpr (kWeights) {
+    const acc_t m = static_cast<acc_t>(ms[bi]);
+    const scalar_t* mtb = mt + (bi / d.ns()) * nt;
+    for (int64_t j = tid; j < nt; j += nth)
+      plane[j] = static_cast<acc_t>(corr[bi * nt + j]) * m * static_cast<acc_t>(mtb[j]);
+  } else {
+    for (int64_t j = tid; j < nt; j += nth) plane[j] = in[bi * nt + j];
+  }
+  __syncthreads();
+  for (int64_t k = tid; k < d.ht * wx; k += nth) {
+    const int64_t y = k / wx, xp = k - y * wx;
+    acc_t s = 0;
+    for (int64_t e = -d.rho; e <= d.rho; ++e) {
+      const int64_t jx = xp - d.r + e;
+      if (jx >= 0 && jx < d.wt) s += kern[e + d.rho] * plane[y * d.wt + jx];
+    }
+    ux[k] = s;
+  }
+  __syncthreads();
+  acc_t* ub = u + bi * hx * wx;
+  for (int64_t k = tid; k < hx * wx; k += nth) {
+    const int64_t yp = k / wx, xp = k - yp * wx;
+    acc_t s = 0;
+    for (int64_t e = -d.rho; e <= d.rho; ++e) {
+      const int64_t jy = yp - d.r + e;
+      if (jy >= 0 && jy < d.ht) s += kern[e + d.rho] * ux[jy * wx + xp];
+    }
+    ub[k] = s;
+  }
+}
+
+// h[(b,i), jy, jx] = sum_{dy,dx in [-r,r]} u[(b, i+d), jy+dy+r, jx+dx+r] over i + d inside the source
+// grid; a block per source cell (b, i), which also writes the maximum of its h plane with the first flat
+// index (i Nt + j) attaining it: part[(b, i)].
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    box_kernel(const acc_t* __restrict__ u, Dims d, acc_t* __restrict__ h, MaxIdx<acc_t>* __restrict__ part) {
+  const int64_t wx = d.wt + 2 * d.r, hx = d.ht + 2 * d.r, nt = d.nt(), plane = hx * wx;
+  const int64_t bi = blockIdx.x, i = bi % d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
+  const int64_t dy0 = max(-d.r, -iy), dy1 = min(d.r, d.hs - 1 - iy);
+  const int64_t dx0 = max(-d.r, -ix), dx1 = min(d.r, d.ws - 1 - ix);
+  MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
+  for (int64_t k = threadIdx.x; k < nt; k += blockDim.x) {
+    const int64_t jy = k / d.wt, jx = k - jy * d.wt;
+    acc_t s = 0;
+    for (int64_t dy = dy0; dy <= dy1; ++dy) {
+      const acc_t* row = u + (bi + dy * d.ws) * plane + (jy + dy + d.r) * wx + jx + d.r;
+      for (int64_t dx = dx0; dx <= dx1; ++dx) s += row[dx * plane + dx];
+    }
+    h[bi * nt + k] = s;
+    if (s > m.v || m.i == INT64_MAX) m = {s, i * nt + k};
+  }
+  m = block_max_idx(m);
+  if (threadIdx.x == 0) part[bi] = m;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -111,23 +196,45 @@ __global__ void box_y_kernel(const acc_t* __restrict__ v, Dims d, acc_t* __restr
 
 // ---- global operator ------------------------------------------------------------------------
 
-// V[b, oy + hs - 1, ox + ws - 1] = sum over source cells i with i + o inside the target grid.
-template <typename acc_t>
-__global__ void hist_kernel(const acc_t* __restrict__ in, Dims d, acc_t* __restrict__ hist) {
-  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
-  SCC_ROW_PROLOGUE(d.batch * hh)
-  const int64_t b = row / hh, oy = row - b * hh - (d.hs - 1);
-  const int64_t y0 = max(int64_t(0), -oy), y1 = min(d.hs, d.ht - oy);
-  const acc_t* inb = in + b * d.ns() * d.nt();
-  for (int64_t oxp = threadIdx.x; oxp < hw; oxp += kWarp) {
-    const int64_t ox = oxp - (d.ws - 1);
+// Partial histograms by source row: P[(b, iy), jy, c] = sum_ix w[(b, iy, ix), jy, c - (ws - 1) + ix] for
+// the offset (jy - iy, c - (ws - 1)); a block per (b, iy). Every element of w is read once, coalesced
+// (consecutive c: consecutive jx). w = corr ms mt (kWeights) or in.
+template <typename scalar_t, typename acc_t, bool kWeights>
+__global__ void __launch_bounds__(kThreads)
+    hist_partial_kernel(const scalar_t* __restrict__ corr, const scalar_t* __restrict__ ms,
+                        const scalar_t* __restrict__ mt, const acc_t* __restrict__ in, Dims d,
+                        acc_t* __restrict__ part) {
+  const int64_t hw = d.ws + d.wt - 1, nt = d.nt();
+  const int64_t row = blockIdx.x, b = row / d.hs, iy = row - b * d.hs;
+  for (int64_t k = threadIdx.x; k < d.ht * hw; k += blockDim.x) {
+    const int64_t jy = k / hw, c = k - jy * hw, ox = c - (d.ws - 1);
     const int64_t x0 = max(int64_t(0), -ox), x1 = min(d.ws, d.wt - ox);
     acc_t s = 0;
-    for (int64_t iy = y0; iy < y1; ++iy)
-      for (int64_t ix = x0; ix < x1; ++ix)
-        s += inb[(iy * d.ws + ix) * d.nt() + (iy + oy) * d.wt + ix + ox];
-    hist[row * hw + oxp] = s;
+    for (int64_t ix = x0; ix < x1; ++ix) {
+      const int64_t i = iy * d.ws + ix, e = ((b * d.ns() + i) * d.ht + jy) * d.wt + ix + ox;
+      if constexpr (kWeights) {
+        s += static_cast<acc_t>(corr[e]) * static_cast<acc_t>(ms[b * d.ns() + i]) *
+             static_cast<acc_t>(mt[(b * d.ht + jy) * d.wt + ix + ox]);
+      } else {
+        s += in[e];
+      }
+    }
+    part[row * d.ht * hw + k] = s;
   }
+}
+
+// V[b, oy + hs - 1, c] = sum over source rows iy of P[(b, iy), iy + oy, c] (inside the target grid), in
+// increasing iy (deterministic).
+template <typename acc_t>
+__global__ void hist_reduce_kernel(const acc_t* __restrict__ part, Dims d, acc_t* __restrict__ hist) {
+  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= d.batch * hh * hw) return;
+  const int64_t b = t / (hh * hw), r = t / hw - b * hh, c = t - (t / hw) * hw, oy = r - (d.hs - 1);
+  acc_t s = 0;
+  for (int64_t iy = max(int64_t(0), -oy); iy < min(d.hs, d.ht - oy); ++iy)
+    s += part[((b * d.hs + iy) * d.ht + iy + oy) * hw + c];
+  hist[t] = s;
 }
 
 // Vb = K * V with zero outside the histogram.
@@ -158,6 +265,38 @@ __global__ void gather_kernel(const acc_t* __restrict__ vb, Dims d, acc_t* __res
   for (int64_t j = threadIdx.x; j < d.nt(); j += kWarp) {
     const int64_t jy = j / d.wt, jx = j - jy * d.wt;
     h[row * d.nt() + j] = vb[(b * hh + jy - iy + d.hs - 1) * hw + jx - ix + d.ws - 1];
+  }
+}
+
+// The maximum of h_ij = Vb[x_j - x_i] over each batch item and the first flat index i Nt + j attaining it:
+// every offset of the histogram occurs, so the maximum is Vb's; the first (i, j) of an offset o has the
+// smallest source cell i with i + o inside the target grid. A block per batch item.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    hist_peak_kernel(const acc_t* __restrict__ vb, Dims d, MaxIdx<acc_t>* __restrict__ peak) {
+  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1, b = blockIdx.x;
+  MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
+  for (int64_t k = threadIdx.x; k < hh * hw; k += blockDim.x) {
+    const int64_t oy = k / hw - (d.hs - 1), ox = k % hw - (d.ws - 1);
+    const int64_t iy = max(int64_t(0), -oy), ix = max(int64_t(0), -ox);
+    const int64_t n = (iy * d.ws + ix) * d.nt() + (iy + oy) * d.wt + ix + ox;
+    m = better(m, MaxIdx<acc_t>{vb[b * hh * hw + k], n});
+  }
+  m = block_max_idx(m);
+  if (threadIdx.x == 0) peak[b] = m;
+}
+
+// g[b, i, j] = Vb[b, x_j - x_i] / (peak_b + eps): the global mode's output without materialising h.
+template <typename scalar_t, typename acc_t>
+__global__ void gather_normalize_kernel(const acc_t* __restrict__ vb, const MaxIdx<acc_t>* __restrict__ peak,
+                                        Dims d, acc_t eps, scalar_t* __restrict__ out) {
+  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
+  SCC_ROW_PROLOGUE(d.batch * d.ns())
+  const int64_t b = row / d.ns(), i = row - b * d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
+  const acc_t den = peak[b].v + eps;
+  for (int64_t j = threadIdx.x; j < d.nt(); j += kWarp) {
+    const int64_t jy = j / d.wt, jx = j - jy * d.wt;
+    out[row * d.nt() + j] = static_cast<scalar_t>(vb[(b * hh + jy - iy + d.hs - 1) * hw + jx - ix + d.ws - 1] / den);
   }
 }
 
@@ -291,39 +430,64 @@ at::Tensor acc_empty(int64_t n, const at::Tensor& like) {
   return at::empty({n}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
 }
 
-// out = A(in) for (B, Ns, Nt) opmath buffers.
+// out = A(in), local mode, in four 1D passes through global memory: for planes too large for
+// plane_blur_kernel's shared memory. (B, Ns, Nt) opmath buffers.
 template <typename acc_t>
-void vote_apply(const at::Tensor& in, at::Tensor& out, const Dims& d, bool local, double sigma, cudaStream_t stream) {
+void local_vote_passes(const at::Tensor& in, at::Tensor& out, const Dims& d, double sigma, cudaStream_t stream) {
   const acc_t inv_2s2 = static_cast<acc_t>(1.0 / (2.0 * sigma * sigma));
-  const acc_t* ip = in.const_data_ptr<acc_t>();
-  acc_t* op = out.mutable_data_ptr<acc_t>();
-  if (local) {
-    const int64_t hx = d.ht + 2 * d.r, wx = d.wt + 2 * d.r, bns = d.batch * d.ns();
-    at::Tensor ux = acc_empty<acc_t>(bns * d.ht * wx, in);
-    at::Tensor u = acc_empty<acc_t>(bns * hx * wx, in);
-    at::Tensor v = acc_empty<acc_t>(bns * hx * d.wt, in);
-    blur_x_kernel<acc_t><<<row_grid(bns * d.ht), row_block(), 0, stream>>>(ip, d, inv_2s2, ux.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    blur_y_kernel<acc_t><<<row_grid(bns * hx), row_block(), 0, stream>>>(ux.const_data_ptr<acc_t>(), d, inv_2s2,
-                                                                        u.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    box_x_kernel<acc_t><<<row_grid(bns * hx), row_block(), 0, stream>>>(u.const_data_ptr<acc_t>(), d,
-                                                                       v.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    box_y_kernel<acc_t><<<row_grid(bns * d.ht), row_block(), 0, stream>>>(v.const_data_ptr<acc_t>(), d, op);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t hx = d.ht + 2 * d.r, wx = d.wt + 2 * d.r, bns = d.batch * d.ns();
+  at::Tensor ux = acc_empty<acc_t>(bns * d.ht * wx, in);
+  at::Tensor u = acc_empty<acc_t>(bns * hx * wx, in);
+  at::Tensor v = acc_empty<acc_t>(bns * hx * d.wt, in);
+  blur_x_kernel<acc_t><<<row_grid(bns * d.ht), row_block(), 0, stream>>>(in.const_data_ptr<acc_t>(), d, inv_2s2,
+                                                                         ux.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  blur_y_kernel<acc_t><<<row_grid(bns * hx), row_block(), 0, stream>>>(ux.const_data_ptr<acc_t>(), d, inv_2s2,
+                                                                      u.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  box_x_kernel<acc_t><<<row_grid(bns * hx), row_block(), 0, stream>>>(u.const_data_ptr<acc_t>(), d,
+                                                                     v.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  box_y_kernel<acc_t><<<row_grid(bns * d.ht), row_block(), 0, stream>>>(v.const_data_ptr<acc_t>(), d,
+                                                                       out.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The global mode's blurred offset histogram Vb (B, hs + ht - 1, ws + wt - 1) of w = corr ms mt (in null)
+// or w = *in.
+template <typename scalar_t, typename acc_t>
+at::Tensor blurred_hist(const scalar_t* corr, const scalar_t* ms, const scalar_t* mt, const at::Tensor* in,
+                        const Dims& d, double sigma, const at::Tensor& like, cudaStream_t stream) {
+  const acc_t inv_2s2 = static_cast<acc_t>(1.0 / (2.0 * sigma * sigma));
+  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
+  at::Tensor part = acc_empty<acc_t>(d.batch * d.hs * d.ht * hw, like);
+  if (in == nullptr) {
+    hist_partial_kernel<scalar_t, acc_t, true><<<d.batch * d.hs, kThreads, 0, stream>>>(
+        corr, ms, mt, nullptr, d, part.mutable_data_ptr<acc_t>());
   } else {
-    const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
-    at::Tensor hist = acc_empty<acc_t>(d.batch * hh * hw, in);
-    at::Tensor vb = acc_empty<acc_t>(d.batch * hh * hw, in);
-    hist_kernel<acc_t><<<row_grid(d.batch * hh), row_block(), 0, stream>>>(ip, d, hist.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    hist_blur_kernel<acc_t><<<row_grid(d.batch * hh), row_block(), 0, stream>>>(
-        hist.const_data_ptr<acc_t>(), d, inv_2s2, vb.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    gather_kernel<acc_t><<<row_grid(d.batch * d.ns()), row_block(), 0, stream>>>(vb.const_data_ptr<acc_t>(), d, op);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    hist_partial_kernel<scalar_t, acc_t, false><<<d.batch * d.hs, kThreads, 0, stream>>>(
+        nullptr, nullptr, nullptr, in->const_data_ptr<acc_t>(), d, part.mutable_data_ptr<acc_t>());
   }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor hist = acc_empty<acc_t>(d.batch * hh * hw, like);
+  at::Tensor vb = acc_empty<acc_t>(d.batch * hh * hw, like);
+  hist_reduce_kernel<acc_t><<<ceil_div(d.batch * hh * hw, kThreads), kThreads, 0, stream>>>(
+      part.const_data_ptr<acc_t>(), d, hist.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  hist_blur_kernel<acc_t><<<row_grid(d.batch * hh), row_block(), 0, stream>>>(
+      hist.const_data_ptr<acc_t>(), d, inv_2s2, vb.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return vb;
+}
+
+// Per-batch peak records (MaxIdx<acc_t>, as bytes) of h from Vb.
+template <typename acc_t>
+at::Tensor hist_peak(const at::Tensor& vb, const Dims& d, cudaStream_t stream) {
+  at::Tensor peak = at::empty({d.batch * static_cast<int64_t>(sizeof(MaxIdx<acc_t>))}, vb.options().dtype(at::kByte));
+  hist_peak_kernel<acc_t><<<d.batch, kThreads, 0, stream>>>(vb.const_data_ptr<acc_t>(), d,
+                                                            reinterpret_cast<MaxIdx<acc_t>*>(peak.mutable_data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return peak;
 }
 
 int64_t reduce_parts(int64_t n) { return std::min<int64_t>(ceil_div(n, kThreads), 512); }
@@ -355,6 +519,58 @@ Checked make_dims(const at::Tensor& corr, c10::string_view mode, int64_t radius,
   return {Dims{corr.size(0), corr.size(1), corr.size(2), corr.size(3), corr.size(4), radius, rho}, mode == "local"};
 }
 
+constexpr int64_t kMaxSmem = 48 * 1024;  // dynamic shared memory without an opt-in
+
+// h = A(w) into `h` (B Ns Nt opmath values) and, if `peak` is given, each batch item's maximum of h with its
+// first flat index. w is corr * ms * mt when `in` is null (the forward's weights, formed on the way in),
+// else *in (opmath values: a gradient in the backward).
+template <typename scalar_t, typename acc_t>
+void vote(const scalar_t* corr, const scalar_t* ms, const scalar_t* mt, const at::Tensor* in, const Checked& a,
+          double sigma, at::Tensor& h, at::Tensor* peak, const at::Tensor& like, cudaStream_t stream) {
+  const Dims& d = a.d;
+  const int64_t rows = d.batch * d.ns(), smem = plane_blur_smem(d, sizeof(acc_t));
+  const acc_t inv_2s2 = static_cast<acc_t>(1.0 / (2.0 * sigma * sigma));
+  const int64_t rec = sizeof(MaxIdx<acc_t>);
+  if (!a.local) {
+    const at::Tensor vb = blurred_hist<scalar_t, acc_t>(corr, ms, mt, in, d, sigma, like, stream);
+    if (peak != nullptr) *peak = hist_peak<acc_t>(vb, d, stream);
+    gather_kernel<acc_t><<<row_grid(rows), row_block(), 0, stream>>>(vb.const_data_ptr<acc_t>(), d,
+                                                                    h.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  if (smem <= kMaxSmem) {
+    at::Tensor u = acc_empty<acc_t>(rows * (d.ht + 2 * d.r) * (d.wt + 2 * d.r), like);
+    acc_t* up = u.mutable_data_ptr<acc_t>();
+    if (in == nullptr) {
+      plane_blur_kernel<scalar_t, acc_t, true><<<rows, kThreads, smem, stream>>>(corr, ms, mt, nullptr, d, inv_2s2, up);
+    } else {
+      plane_blur_kernel<scalar_t, acc_t, false><<<rows, kThreads, smem, stream>>>(
+          nullptr, nullptr, nullptr, in->const_data_ptr<acc_t>(), d, inv_2s2, up);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    at::Tensor part = at::empty({rows * rec}, like.options().dtype(at::kByte));
+    auto* pp = reinterpret_cast<MaxIdx<acc_t>*>(part.mutable_data_ptr());
+    box_kernel<acc_t><<<rows, kThreads, 0, stream>>>(u.const_data_ptr<acc_t>(), d, h.mutable_data_ptr<acc_t>(), pp);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (peak != nullptr) {
+      *peak = at::empty({d.batch * rec}, like.options().dtype(at::kByte));
+      max_final_kernel<acc_t><<<d.batch, kThreads, 0, stream>>>(
+          pp, d.ns(), reinterpret_cast<MaxIdx<acc_t>*>(peak->mutable_data_ptr()));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return;
+  }
+  at::Tensor w = in != nullptr ? *in : acc_empty<acc_t>(rows * d.nt(), like);
+  if (in == nullptr) {
+    weight_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(corr, ms, mt, rows, d.ns(), d.nt(),
+                                                                              w.mutable_data_ptr<acc_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  local_vote_passes<acc_t>(w, h, d, sigma, stream);
+  if (peak != nullptr) *peak = batch_peak<acc_t>(h, d, stream);
+}
+
 }  // namespace
 
 at::Tensor masked_vote(const at::Tensor& corr_in, const at::Tensor& mask_s_in, const at::Tensor& mask_t_in,
@@ -368,14 +584,21 @@ at::Tensor masked_vote(const at::Tensor& corr_in, const at::Tensor& mask_s_in, c
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   SCC_DISPATCH_FLOATING(corr.scalar_type(), "scc_masked_vote_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor w = acc_empty<acc_t>(rows * d.nt(), corr);
+    const scalar_t* cp = corr.const_data_ptr<scalar_t>();
+    const scalar_t* msp = ms.const_data_ptr<scalar_t>();
+    const scalar_t* mtp = mt.const_data_ptr<scalar_t>();
+    if (!a.local) {  // g straight from the blurred histogram: h is never materialised
+      const at::Tensor vb = blurred_hist<scalar_t, acc_t>(cp, msp, mtp, nullptr, d, sigma, corr, stream);
+      const at::Tensor peak = hist_peak<acc_t>(vb, d, stream);
+      gather_normalize_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
+          vb.const_data_ptr<acc_t>(), reinterpret_cast<const MaxIdx<acc_t>*>(peak.const_data_ptr()), d,
+          static_cast<acc_t>(eps), out.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
     at::Tensor h = acc_empty<acc_t>(rows * d.nt(), corr);
-    weight_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
-        corr.const_data_ptr<scalar_t>(), ms.const_data_ptr<scalar_t>(), mt.const_data_ptr<scalar_t>(), rows, d.ns(),
-        d.nt(), w.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    vote_apply<acc_t>(w, h, d, a.local, sigma, stream);
-    const at::Tensor peak = batch_peak<acc_t>(h, d, stream);
+    at::Tensor peak;
+    vote<scalar_t, acc_t>(cp, msp, mtp, nullptr, a, sigma, h, &peak, corr, stream);
     normalize_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
         h.const_data_ptr<acc_t>(), reinterpret_cast<const MaxIdx<acc_t>*>(peak.const_data_ptr()), rows, d.ns(),
         d.nt(), static_cast<acc_t>(eps), out.mutable_data_ptr<scalar_t>());
@@ -407,13 +630,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
     const scalar_t* mtp = mt.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     // Recompute h and its peak.
-    at::Tensor w = acc_empty<acc_t>(rows * d.nt(), corr);
     at::Tensor h = acc_empty<acc_t>(rows * d.nt(), corr);
-    weight_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(cp, msp, mtp, rows, d.ns(), d.nt(),
-                                                                              w.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    vote_apply<acc_t>(w, h, d, a.local, sigma, stream);
-    const at::Tensor peak = batch_peak<acc_t>(h, d, stream);
+    at::Tensor peak;
+    vote<scalar_t, acc_t>(cp, msp, mtp, nullptr, a, sigma, h, &peak, corr, stream);
     const auto* pk = reinterpret_cast<const MaxIdx<acc_t>*>(peak.const_data_ptr());
     // sum(G h) per batch item.
     const int64_t nparts = reduce_parts(n);
@@ -425,12 +644,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
     sum_final_kernel<acc_t><<<d.batch, kThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), nparts,
                                                              dot.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // grad_h into `w`'s buffer (w is no longer needed), then grad_w = A(grad_h) into `h`'s.
+    // grad_h, then grad_w = A(grad_h) into `h`'s buffer (A is self-adjoint).
+    at::Tensor gh = acc_empty<acc_t>(rows * d.nt(), corr);
     grad_h_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
         gp, pk, dot.const_data_ptr<acc_t>(), rows, d.ns(), d.nt(), static_cast<acc_t>(eps),
-        w.mutable_data_ptr<acc_t>());
+        gh.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    vote_apply<acc_t>(w, h, d, a.local, sigma, stream);
+    vote<scalar_t, acc_t>(nullptr, nullptr, nullptr, &gh, a, sigma, h, nullptr, corr, stream);
     const acc_t* gw = h.const_data_ptr<acc_t>();
     grad_corr_ms_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
         gw, cp, msp, mtp, rows, d.ns(), d.nt(), gcorr.mutable_data_ptr<scalar_t>(), gms.mutable_data_ptr<scalar_t>());

@@ -126,8 +126,10 @@ def build(name: str, sources: dict[str, str]) -> None:
     src_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for file, text in sorted(sources.items()):
-        (src_dir / file).write_text(text)
-        paths.append(str(src_dir / file))
+        path = src_dir / file
+        if not path.is_file() or path.read_text() != text:  # a rewrite would make ninja recompile it
+            path.write_text(text)
+        paths.append(str(path))
     cpp_extension.load(
         name=name, sources=paths, build_directory=str(build_dir), is_python_module=False, verbose=False,
         extra_include_paths=[str(HERE / "include"), str(CSRC)],
