@@ -87,7 +87,7 @@ TORCH_LIBRARY(scc_cuda_emu_selftest, m) {
 
 @pytest.fixture(scope="module")
 def ops():
-    cuda_emu.build("scc_cuda_emu_selftest", {"selftest.cpp": cuda_emu.translate(KERNELS)})
+    cuda_emu.build("scc_cuda_emu_selftest", {"selftest.cpp": cuda_emu.translate(KERNELS), **cuda_emu.translated_headers()})
     return torch.ops.scc_cuda_emu_selftest
 
 
@@ -118,10 +118,15 @@ def test_launches_a_gpu_refuses_are_refused(ops, threads, grid_y, smem, word):
 
 def test_launch_rewriting():
     src = ("  k<T, 4><<<grid, dim3(a, b), smem, stream>>>(x, f(y, z),\n      w);\n"
-           "  g<<<n, 32>>>();\n"
-           "  extern __shared__ unsigned char smem_raw[];\n")
+           "  if (c) g<<<n, 32>>>();\n"
+           "  extern __shared__ unsigned char smem_raw[];\n"
+           "  __shared__ float a[8], b[2][K / 2];  // two arrays\n")
     out = cuda_emu.translate(src)
-    assert "::emu::launch(dim3(grid), dim3(dim3(a, b)), smem, [&]() { k<T, 4>(x, f(y, z),\n      w); });" in out
-    assert "::emu::launch(dim3(n), dim3(32), 0, [&]() { g(); });" in out
+    assert ('::emu::launch(::emu::dims(grid, "grid"), ::emu::dims(dim3(a, b), "block"), smem, '
+            "[&]() { k<T, 4>(x, f(y, z),\n      w); });") in out
+    assert 'if (c) ::emu::launch(::emu::dims(n, "grid"), ::emu::dims(32, "block"), 0, [&]() { g(); });' in out
     assert "unsigned char* smem_raw = reinterpret_cast<unsigned char*>(::emu::dynamic_smem());" in out
-    assert "<<<" not in out
+    assert ("  static char a_emu_site; float(&a)[8] = ::emu::block_shared<float[8]>(&a_emu_site); "
+            "static char b_emu_site; float(&b)[2][K / 2] = ::emu::block_shared<float[2][K / 2]>(&b_emu_site);"
+            "  // two arrays") in out
+    assert "<<<" not in out and "__shared__" not in out

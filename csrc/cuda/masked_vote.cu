@@ -98,8 +98,8 @@ __global__ void __launch_bounds__(kThreads)
 // h[(b,i), jy, jx] = sum_{dy,dx in [-r,r]} u[(b, i+d), jy+dy+r, jx+dx+r] over i + d inside the source
 // grid; a block per source cell (b, i), which also writes the maximum of its h plane with the first flat
 // index (i Nt + j) attaining it: part[(b, i)].
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+template <typename acc_t>  // fp64 spilled on sm_80 under ptxas's default 64-register goal
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t) == 8 ? 2 : 4)
     box_kernel(const acc_t* __restrict__ u, Dims d, acc_t* __restrict__ h, MaxIdx<acc_t>* __restrict__ part) {
   const int64_t wx = d.wt + 2 * d.r, hx = d.ht + 2 * d.r, nt = d.nt(), plane = hx * wx;
   const int64_t bi = blockIdx.x, i = bi % d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
@@ -197,8 +197,9 @@ __global__ void box_y_kernel(const acc_t* __restrict__ v, Dims d, acc_t* __restr
 // ---- global operator ------------------------------------------------------------------------
 
 // Partial histograms by source row: P[(b, iy), jy, c] = sum_ix w[(b, iy, ix), jy, c - (ws - 1) + ix] for
-// the offset (jy - iy, c - (ws - 1)); a block per (b, iy). Every element of w is read once, coalesced
-// (consecutive c: consecutive jx). w = corr ms mt (kWeights) or in.
+// the offset (jy - iy, c - (ws - 1)); a block per (b, iy). Every element of w is read once; all lanes step
+// through the same source cell ix together, so consecutive c read consecutive jx (coalesced), lanes whose
+// jx falls outside the row idling. w = corr ms mt (kWeights) or in.
 template <typename scalar_t, typename acc_t, bool kWeights>
 __global__ void __launch_bounds__(kThreads)
     hist_partial_kernel(const scalar_t* __restrict__ corr, const scalar_t* __restrict__ ms,
@@ -208,15 +209,16 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row = blockIdx.x, b = row / d.hs, iy = row - b * d.hs;
   for (int64_t k = threadIdx.x; k < d.ht * hw; k += blockDim.x) {
     const int64_t jy = k / hw, c = k - jy * hw, ox = c - (d.ws - 1);
-    const int64_t x0 = max(int64_t(0), -ox), x1 = min(d.ws, d.wt - ox);
+    // element (i = (iy, ix), j = (jy, ix + ox)) is at e0 + ix (Nt + 1)
+    const int64_t e0 = (b * d.ns() + iy * d.ws) * nt + jy * d.wt + ox, m0 = (b * d.ht + jy) * d.wt + ox;
     acc_t s = 0;
-    for (int64_t ix = x0; ix < x1; ++ix) {
-      const int64_t i = iy * d.ws + ix, e = ((b * d.ns() + i) * d.ht + jy) * d.wt + ix + ox;
+    for (int64_t ix = 0; ix < d.ws; ++ix) {  // the same ix in every lane (see above)
+      if (ix + ox < 0 || ix + ox >= d.wt) continue;
       if constexpr (kWeights) {
-        s += static_cast<acc_t>(corr[e]) * static_cast<acc_t>(ms[b * d.ns() + i]) *
-             static_cast<acc_t>(mt[(b * d.ht + jy) * d.wt + ix + ox]);
+        s += static_cast<acc_t>(corr[e0 + ix * (nt + 1)]) * static_cast<acc_t>(ms[b * d.ns() + iy * d.ws + ix]) *
+             static_cast<acc_t>(mt[m0 + ix]);
       } else {
-        s += in[e];
+        s += in[e0 + ix * (nt + 1)];
       }
     }
     part[row * d.ht * hw + k] = s;

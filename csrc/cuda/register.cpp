@@ -37,8 +37,9 @@ void check_same_shape(const at::Tensor& t, const char* name, const at::Tensor& r
 void check_cuda_volume(const at::Tensor& corr, const char* name) {
   check_volume(corr, name);
   check_cuda(corr, name);
+  // (masked_vote launches a block per (b, source cell): B Ns <= grid.x's limit)
   TORCH_CHECK_VALUE(corr.size(0) <= kMaxGridYZ && (vol_ns(corr) + kRowChunk - 1) / kRowChunk <= kMaxGridYZ &&
-                        vol_ns(corr) <= INT32_MAX && vol_nt(corr) <= INT32_MAX,
+                        corr.size(0) * vol_ns(corr) <= INT32_MAX && vol_nt(corr) <= INT32_MAX,
                     "scc: `", name, "` is too large for the CUDA kernels, got shape ", shape_str(corr));
 }
 

@@ -6,12 +6,15 @@
 // when every live thread of the block (warp) waits at it. Blocks run one after another; their shared
 // memory is filled with 0xff bytes (NaN for floats) before each block, like memory nobody wrote. A
 // barrier that can never be released (divergent __syncthreads, a shuffle some lanes skip) is reported
-// as a deadlock. Launch limits are the hardware's (1024 threads, 48 KiB of dynamic shared memory
-// without an opt-in, grid y and z <= 65535). Static __shared__ arrays become function statics: shared by
-// the fibers of a block, which is all a block needs since blocks do not overlap.
+// as a deadlock, a shuffle after some lanes of the warp returned as an error. Launch limits are the
+// hardware's (1024 threads, 48 KiB of dynamic shared memory without an opt-in, grid.x <= 2^31 - 1, grid y
+// and z <= 65535). Static __shared__ arrays live in a per-block arena, poisoned like the dynamic ones.
+// What it cannot see: races between threads (each runs alone up to its next barrier), the GPU's FMA
+// contraction and fast math, registers, speed.
 //
 // tests/cuda_emu/__init__.py rewrites the launches (kernel<<<grid, block, smem, stream>>>(args)) into
-// emu::launch calls and `extern __shared__` arrays into emu::dynamic_smem(), and force-includes this file.
+// emu::launch calls, `extern __shared__` arrays into emu::dynamic_smem() and static ones into
+// emu::block_shared, and force-includes this file.
 #pragma once
 
 #include <setjmp.h>
@@ -27,6 +30,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #define __global__
@@ -34,7 +38,6 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static
 
 struct uint3 {
   unsigned x, y, z;
@@ -83,6 +86,7 @@ struct Exec {
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
   std::vector<unsigned char> warp_buf;
+  std::unordered_map<const void*, std::unique_ptr<unsigned char[]>> statics;  // static __shared__, per block
   const std::function<void()>* body = nullptr;
 };
 
@@ -120,6 +124,28 @@ inline void resume(Exec& e, unsigned t) {
 
 inline unsigned char* dynamic_smem() { return exec()->smem; }
 
+// A static __shared__ array T (one per declaration and template instantiation: `site`), fresh and filled
+// with 0xff bytes in every block, like the dynamic shared memory.
+template <typename T>
+T& block_shared(const void* site) {
+  auto& slot = exec()->statics[site];
+  if (!slot) {
+    slot.reset(new unsigned char[sizeof(T)]);
+    std::memset(slot.get(), 0xff, sizeof(T));
+  }
+  return *reinterpret_cast<T*>(slot.get());
+}
+
+// Grid and block extents: an integer extent must fit the hardware's 31-bit grid.x (no silent wrap-around).
+inline dim3 dims(dim3 v, const char*) { return v; }
+template <typename I, typename = std::enable_if_t<std::is_integral_v<I>>>
+dim3 dims(I v, const char* what) {
+  if (v <= 0 || static_cast<unsigned long long>(v) > 2147483647ull)
+    throw std::runtime_error(std::string("cuda_emu: ") + what + " extent " + std::to_string(v) +
+                             " outside [1, 2^31 - 1]");
+  return dim3(static_cast<unsigned>(v));
+}
+
 inline unsigned lanes_in_warp(const Exec& e, unsigned warp) { return std::min(32u, e.nthreads - warp * 32); }
 
 inline void run_block(Exec& e) {
@@ -136,6 +162,7 @@ inline void run_block(Exec& e) {
     f.state = State::kRun;
   }
   if (e.smem_bytes) std::memset(e.smem, 0xff, e.smem_bytes);
+  e.statics.clear();
   const unsigned nwarps = (n + 31) / 32;
   for (;;) {
     for (unsigned t = 0; t < n; ++t) {
@@ -143,12 +170,19 @@ inline void run_block(Exec& e) {
     }
     bool alive = false, released = false;
     for (unsigned w = 0; w < nwarps; ++w) {
-      bool any = false, all = true;
+      bool any = false, all = true, exited = false;
       for (unsigned t = w * 32; t < w * 32 + lanes_in_warp(e, w); ++t) {
-        if (e.fibers[t].state == State::kDone) continue;
+        if (e.fibers[t].state == State::kDone) {
+          exited = true;
+          continue;
+        }
         any = true;
         all = all && e.fibers[t].state == State::kWarpBarrier;
       }
+      if (any && all && exited)  // a full-mask shuffle needs every lane of the warp: undefined on a GPU
+        throw std::runtime_error("cuda_emu: warp shuffle in block (" + std::to_string(e.bid.x) + ", " +
+                                 std::to_string(e.bid.y) + ", " + std::to_string(e.bid.z) + ") warp " +
+                                 std::to_string(w) + " after some of its lanes returned");
       if (any && all) {
         for (unsigned t = w * 32; t < w * 32 + lanes_in_warp(e, w); ++t)
           if (e.fibers[t].state == State::kWarpBarrier) e.fibers[t].state = State::kRun;
