@@ -2,8 +2,8 @@
 
 tests/test_cuda_ops.py trusts it to run csrc/cuda/*.cu like a GPU would (for what they compute); here small
 kernels check that trust: a block reduction through warp shuffles, static and dynamic shared memory and
-__syncthreads gives the exact sum; shared memory nobody wrote reads as NaN; a barrier that not every live
-thread can reach is reported; launches a GPU refuses are refused. The launch rewriting is checked on text.
+__syncthreads gives the exact sum; shared memory nobody wrote reads as NaN; a missing barrier shows; a
+barrier that not every live thread can reach is reported; launches a GPU refuses are refused. The launch rewriting is checked on text.
 """
 
 from __future__ import annotations
@@ -49,6 +49,17 @@ __global__ void deadlock_kernel(float* __restrict__ out) {
 
 __global__ void noop_kernel() {}
 
+// out[b, t] = t - 1 (-1 for t = 0), read from the lower neighbour's shared slot: needs the barrier. Without
+// it the result is right whenever the lower thread happens to run first (increasing order).
+__global__ void neighbour_kernel(bool barrier, float* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  float* slot = reinterpret_cast<float*>(smem_raw);
+  const unsigned t = threadIdx.x, n = blockDim.x;
+  slot[t] = static_cast<float>(t);
+  if (barrier) __syncthreads();
+  out[blockIdx.x * n + t] = t > 0 ? slot[t - 1] : -1.0f;
+}
+
 }  // namespace
 
 at::Tensor row_sum(const at::Tensor& x) {
@@ -71,6 +82,12 @@ at::Tensor deadlock() {
   return out;
 }
 
+at::Tensor neighbours(bool barrier) {
+  at::Tensor out = at::empty({2, 64}, at::kFloat);
+  neighbour_kernel<<<2, 64, 64 * sizeof(float)>>>(barrier, out.mutable_data_ptr<float>());
+  return out;
+}
+
 void launch(int64_t threads, int64_t grid_y, int64_t smem) { noop_kernel<<<dim3(1, grid_y), threads, smem>>>(); }
 
 }  // namespace cuda
@@ -81,6 +98,7 @@ TORCH_LIBRARY(scc_cuda_emu_selftest, m) {
   m.def("unwritten_smem() -> Tensor", &scc::cuda::unwritten_smem);
   m.def("deadlock() -> Tensor", &scc::cuda::deadlock);
   m.def("launch(int threads, int grid_y, int smem) -> ()", &scc::cuda::launch);
+  m.def("neighbours(bool barrier) -> Tensor", &scc::cuda::neighbours);
 }
 """
 
@@ -100,6 +118,14 @@ def test_block_reduction_is_exact(ops, n):
 
 def test_unwritten_shared_memory_reads_as_nan(ops):
     assert torch.isnan(ops.unwritten_smem()).all()
+
+
+def test_a_missing_barrier_shows(ops):
+    # Threads run one at a time, and every other block in decreasing order: there a thread reads its lower
+    # neighbour's slot before the neighbour wrote it.
+    torch.testing.assert_close(ops.neighbours(True), (torch.arange(64) - 1).float().expand(2, 64))
+    racy = ops.neighbours(False)
+    assert torch.isnan(racy).any(dim=1).tolist().count(True) == 1  # one of the two blocks
 
 
 def test_a_barrier_not_every_thread_reaches_is_reported(ops):

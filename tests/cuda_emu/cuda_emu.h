@@ -9,8 +9,9 @@
 // as a deadlock, a shuffle after some lanes of the warp returned as an error. Launch limits are the
 // hardware's (1024 threads, 48 KiB of dynamic shared memory without an opt-in, grid.x <= 2^31 - 1, grid y
 // and z <= 65535). Static __shared__ arrays live in a per-block arena, poisoned like the dynamic ones.
-// What it cannot see: races between threads (each runs alone up to its next barrier), the GPU's FMA
-// contraction and fast math, registers, speed.
+// Threads run alone up to their next barrier, in increasing or (every other block) decreasing order, so a
+// missing barrier shows as a read of unwritten or stale data in one of the two orders; races that need
+// finer interleavings, the GPU's FMA contraction and fast math, registers and speed it cannot see.
 //
 // tests/cuda_emu/__init__.py rewrites the launches (kernel<<<grid, block, smem, stream>>>(args)) into
 // emu::launch calls, `extern __shared__` arrays into emu::dynamic_smem() and static ones into
@@ -87,6 +88,7 @@ struct Exec {
   size_t smem_bytes = 0;
   std::vector<unsigned char> warp_buf;
   std::unordered_map<const void*, std::unique_ptr<unsigned char[]>> statics;  // static __shared__, per block
+  bool reverse = false;  // run the block's threads from the last to the first (see launch)
   const std::function<void()>* body = nullptr;
 };
 
@@ -165,7 +167,8 @@ inline void run_block(Exec& e) {
   e.statics.clear();
   const unsigned nwarps = (n + 31) / 32;
   for (;;) {
-    for (unsigned t = 0; t < n; ++t) {
+    for (unsigned k = 0; k < n; ++k) {
+      const unsigned t = e.reverse ? n - 1 - k : k;
       if (e.fibers[t].state == State::kRun) resume(e, t);
     }
     bool alive = false, released = false;
@@ -243,10 +246,16 @@ void launch(dim3 grid, dim3 block, size_t smem, F&& kernel_call) {
   Exec* outer = exec();
   exec() = &e;
   try {
+    // Threads run one at a time between barriers, so a missing barrier goes unseen when the writer
+    // happens to run first. Blocks alternate the order (and so do consecutive launches): a race in
+    // either direction makes some block read unwritten (NaN-poisoned) or stale data.
+    thread_local unsigned launches = 0;
+    const unsigned parity = launches++ & 1u;
     for (unsigned z = 0; z < grid.z; ++z)
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) {
           e.bid = {x, y, z};
+          e.reverse = ((x + y + z) & 1u) != parity;
           run_block(e);
         }
   } catch (...) {
