@@ -57,39 +57,42 @@ __global__ void __launch_bounds__(kThreads)
                       const scalar_t* __restrict__ mt, const acc_t* __restrict__ in, Dims d, acc_t inv_2s2,
                       acc_t* __restrict__ u) {
   extern __shared__ unsigned char smem_raw[];
-  const int64_t wx = d.wt + 2 * d.r, hx = d.ht + 2 * d.r, nt = d.nt(), taps = 2 * d.rho + 1;
+  // In-plane indices are 32-bit (the plane fits in 48 KiB): 64-bit division is slow on the GPU.
+  const int ht = static_cast<int>(d.ht), wt = static_cast<int>(d.wt), r = static_cast<int>(d.r);
+  const int rho = static_cast<int>(d.rho), wx = wt + 2 * r, hx = ht + 2 * r, nt = ht * wt;
   acc_t* plane = reinterpret_cast<acc_t*>(smem_raw);  // ht x wt
   acc_t* ux = plane + nt;                              // ht x wx
-  acc_t* kern = ux + d.ht * wx;                        // taps
+  acc_t* kern = ux + ht * wx;                          // 2 rho + 1 taps
   const int64_t bi = blockIdx.x;
   const int tid = threadIdx.x, nth = blockDim.x;
-  for (int64_t e = tid; e < taps; e += nth) kern[e] = gauss(e - d.rho, inv_2s2);
+  for (int e = tid; e <= 2 * rho; e += nth) kern[e] = gauss(e - rho, inv_2s2);
   if constexpr (kWeights) {
     const acc_t m = static_cast<acc_t>(ms[bi]);
     const scalar_t* mtb = mt + (bi / d.ns()) * nt;
-    for (int64_t j = tid; j < nt; j += nth)
-      plane[j] = static_cast<acc_t>(corr[bi * nt + j]) * m * static_cast<acc_t>(mtb[j]);
+    const scalar_t* cb = corr + bi * nt;
+    for (int j = tid; j < nt; j += nth) plane[j] = static_cast<acc_t>(cb[j]) * m * static_cast<acc_t>(mtb[j]);
   } else {
-    for (int64_t j = tid; j < nt; j += nth) plane[j] = in[bi * nt + j];
+    const acc_t* ib = in + bi * nt;
+    for (int j = tid; j < nt; j += nth) plane[j] = ib[j];
   }
   __syncthreads();
-  for (int64_t k = tid; k < d.ht * wx; k += nth) {
-    const int64_t y = k / wx, xp = k - y * wx;
+  for (int k = tid; k < ht * wx; k += nth) {
+    const int y = k / wx, xp = k - y * wx;
     acc_t s = 0;
-    for (int64_t e = -d.rho; e <= d.rho; ++e) {
-      const int64_t jx = xp - d.r + e;
-      if (jx >= 0 && jx < d.wt) s += kern[e + d.rho] * plane[y * d.wt + jx];
+    for (int e = -rho; e <= rho; ++e) {
+      const int jx = xp - r + e;
+      if (jx >= 0 && jx < wt) s += kern[e + rho] * plane[y * wt + jx];
     }
     ux[k] = s;
   }
   __syncthreads();
   acc_t* ub = u + bi * hx * wx;
-  for (int64_t k = tid; k < hx * wx; k += nth) {
-    const int64_t yp = k / wx, xp = k - yp * wx;
+  for (int k = tid; k < hx * wx; k += nth) {
+    const int yp = k / wx, xp = k - yp * wx;
     acc_t s = 0;
-    for (int64_t e = -d.rho; e <= d.rho; ++e) {
-      const int64_t jy = yp - d.r + e;
-      if (jy >= 0 && jy < d.ht) s += kern[e + d.rho] * ux[jy * wx + xp];
+    for (int e = -rho; e <= rho; ++e) {
+      const int jy = yp - r + e;
+      if (jy >= 0 && jy < ht) s += kern[e + rho] * ux[jy * wx + xp];
     }
     ub[k] = s;
   }
@@ -101,16 +104,18 @@ __global__ void __launch_bounds__(kThreads)
 template <typename acc_t>  // fp64 spilled on sm_80 under ptxas's default 64-register goal
 __global__ void __launch_bounds__(kThreads, sizeof(acc_t) == 8 ? 2 : 4)
     box_kernel(const acc_t* __restrict__ u, Dims d, acc_t* __restrict__ h, MaxIdx<acc_t>* __restrict__ part) {
-  const int64_t wx = d.wt + 2 * d.r, hx = d.ht + 2 * d.r, nt = d.nt(), plane = hx * wx;
+  // in-plane indices 32-bit (only planes that fit plane_blur_kernel's shared memory come here)
+  const int wt = static_cast<int>(d.wt), r = static_cast<int>(d.r), nt = static_cast<int>(d.nt());
+  const int wx = wt + 2 * r, plane = (static_cast<int>(d.ht) + 2 * r) * wx;
   const int64_t bi = blockIdx.x, i = bi % d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
   const int64_t dy0 = max(-d.r, -iy), dy1 = min(d.r, d.hs - 1 - iy);
   const int64_t dx0 = max(-d.r, -ix), dx1 = min(d.r, d.ws - 1 - ix);
   MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
-  for (int64_t k = threadIdx.x; k < nt; k += blockDim.x) {
-    const int64_t jy = k / d.wt, jx = k - jy * d.wt;
+  for (int k = threadIdx.x; k < nt; k += blockDim.x) {
+    const int jy = k / wt, jx = k - jy * wt;
     acc_t s = 0;
     for (int64_t dy = dy0; dy <= dy1; ++dy) {
-      const acc_t* row = u + (bi + dy * d.ws) * plane + (jy + dy + d.r) * wx + jx + d.r;
+      const acc_t* row = u + (bi + dy * d.ws) * plane + (jy + dy + r) * wx + jx + r;
       for (int64_t dx = dx0; dx <= dx1; ++dx) s += row[dx * plane + dx];
     }
     h[bi * nt + k] = s;
@@ -264,9 +269,10 @@ __global__ void gather_kernel(const acc_t* __restrict__ vb, Dims d, acc_t* __res
   const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
   SCC_ROW_PROLOGUE(d.batch * d.ns())
   const int64_t b = row / d.ns(), i = row - b * d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
-  for (int64_t j = threadIdx.x; j < d.nt(); j += kWarp) {
-    const int64_t jy = j / d.wt, jx = j - jy * d.wt;
-    h[row * d.nt() + j] = vb[(b * hh + jy - iy + d.hs - 1) * hw + jx - ix + d.ws - 1];
+  for (int64_t jy = 0; jy < d.ht; ++jy) {  // rows of the target plane: no division per element
+    const acc_t* v = vb + (b * hh + jy - iy + d.hs - 1) * hw - ix + d.ws - 1;
+    acc_t* o = h + row * d.nt() + jy * d.wt;
+    for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) o[jx] = v[jx];
   }
 }
 
@@ -296,9 +302,10 @@ __global__ void gather_normalize_kernel(const acc_t* __restrict__ vb, const MaxI
   SCC_ROW_PROLOGUE(d.batch * d.ns())
   const int64_t b = row / d.ns(), i = row - b * d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
   const acc_t den = peak[b].v + eps;
-  for (int64_t j = threadIdx.x; j < d.nt(); j += kWarp) {
-    const int64_t jy = j / d.wt, jx = j - jy * d.wt;
-    out[row * d.nt() + j] = static_cast<scalar_t>(vb[(b * hh + jy - iy + d.hs - 1) * hw + jx - ix + d.ws - 1] / den);
+  for (int64_t jy = 0; jy < d.ht; ++jy) {  // rows of the target plane: no division per element
+    const acc_t* v = vb + (b * hh + jy - iy + d.hs - 1) * hw - ix + d.ws - 1;
+    scalar_t* o = out + row * d.nt() + jy * d.wt;
+    for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) o[jx] = static_cast<scalar_t>(v[jx] / den);
   }
 }
 
