@@ -28,7 +28,8 @@ os.environ.setdefault("SCC_POISON", "1")  # read once, when the extension first 
 import scc_kernels  # noqa: E402,F401  (loads the extension and registers torch.ops.scc.*)
 from scc_kernels import reference as ref  # noqa: E402
 
-EMULATED = not torch.cuda.is_available()
+# the emulator also stands in on a GPU machine whose extension was built without nvcc
+EMULATED = not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("scc::mutual_nn", "CUDA"))
 if EMULATED:
     import cuda_emu  # noqa: E402  (tests/cuda_emu)
 
