@@ -49,6 +49,23 @@ int64_t plane_blur_smem(const Dims& d, size_t elem) {
   return static_cast<int64_t>(elem) * (d.ht * d.wt + d.ht * (d.wt + 2 * d.r) + 2 * d.rho + 1);
 }
 
+// dst (rows x cols) = the taps kern (2 rho + 1) along x (kAlongX: output column x reads src columns
+// x - r + e of the same row) or along y (output row y reads src rows y - r + e); src has src_cols columns
+// and n_in entries along the blurred axis, zero outside. All threads of the block, 32-bit indices.
+template <bool kAlongX, typename acc_t>
+__device__ __forceinline__ void blur_1d(const acc_t* src, int src_cols, int n_in, int rows, int cols, int r,
+                                        int rho, const acc_t* kern, acc_t* dst) {
+  for (int k = threadIdx.x; k < rows * cols; k += blockDim.x) {
+    const int y = k / cols, x = k - y * cols;
+    acc_t s = 0;
+    for (int e = -rho; e <= rho; ++e) {
+      const int c = (kAlongX ? x : y) - r + e;
+      if (c >= 0 && c < n_in) s += kern[e + rho] * src[kAlongX ? y * src_cols + c : c * src_cols + x];
+    }
+    dst[k] = s;
+  }
+}
+
 // u[(b,i), yp, xp] = sum_{ey,ex} k(ey) k(ex) w_i[yp - r + ey, xp - r + ex] on the extended grid
 // (ht + 2r) x (wt + 2r); a block per source cell (b, i). w_i = corr_i ms_i mt (kWeights) or in_i.
 template <typename scalar_t, typename acc_t, bool kWeights>
@@ -76,26 +93,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = tid; j < nt; j += nth) plane[j] = ib[j];
   }
   __syncthreads();
-  for (int k = tid; k < ht * wx; k += nth) {
-    const int y = k / wx, xp = k - y * wx;
-    acc_t s = 0;
-    for (int e = -rho; e <= rho; ++e) {
-      const int jx = xp - r + e;
-      if (jx >= 0 && jx < wt) s += kern[e + rho] * plane[y * wt + jx];
-    }
-    ux[k] = s;
-  }
+  blur_1d<true>(plane, wt, wt, ht, wx, r, rho, kern, ux);
   __syncthreads();
-  acc_t* ub = u + bi * hx * wx;
-  for (int k = tid; k < hx * wx; k += nth) {
-    const int yp = k / wx, xp = k - yp * wx;
-    acc_t s = 0;
-    for (int e = -rho; e <= rho; ++e) {
-      const int jy = yp - r + e;
-      if (jy >= 0 && jy < ht) s += kern[e + rho] * ux[jy * wx + xp];
-    }
-    ub[k] = s;
-  }
+  blur_1d<false>(ux, wx, ht, hx, wx, r, rho, kern, u + bi * hx * wx);
 }
 
 // h[(b,i), jy, jx] = sum_{dy,dx in [-r,r]} u[(b, i+d), jy+dy+r, jx+dx+r] over i + d inside the source

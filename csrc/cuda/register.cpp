@@ -37,9 +37,8 @@ void check_same_shape(const at::Tensor& t, const char* name, const at::Tensor& r
 void check_cuda_volume(const at::Tensor& corr, const char* name) {
   check_volume(corr, name);
   check_cuda(corr, name);
-  // (masked_vote launches a block per (b, source cell): B Ns <= grid.x's limit)
   TORCH_CHECK_VALUE(corr.size(0) <= kMaxGridYZ && (vol_ns(corr) + kRowChunk - 1) / kRowChunk <= kMaxGridYZ &&
-                        corr.size(0) * vol_ns(corr) <= INT32_MAX && vol_nt(corr) <= INT32_MAX,
+                        vol_ns(corr) <= INT32_MAX && vol_nt(corr) <= INT32_MAX,
                     "scc: `", name, "` is too large for the CUDA kernels, got shape ", shape_str(corr));
 }
 
@@ -111,6 +110,9 @@ void check_vote(const at::Tensor& corr, const at::Tensor& ms, const at::Tensor& 
   check_dim_eq(mt.size(2), corr.size(4), "mask_t width (corr.shape[4] = wt)");
   TORCH_CHECK_VALUE(mode == "local" || mode == "global", "scc: `mode` must be 'local' or 'global', got '",
                     std::string(mode), "'");
+  // a block per (b, source cell): B Ns within grid.x's limit
+  TORCH_CHECK_VALUE(corr.size(0) * vol_ns(corr) <= INT32_MAX, "scc: `corr` is too large for the CUDA kernels, ",
+                    "got shape ", shape_str(corr));
   TORCH_CHECK_VALUE(radius >= 0, "scc: `radius` must be >= 0, got ", radius);
   TORCH_CHECK_VALUE(sigma > 0, "scc: `sigma` must be > 0, got ", sigma);
 }
