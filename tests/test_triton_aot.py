@@ -62,7 +62,11 @@ def _variants():
         out.append(("norm", corr._norm_kernel, corr.NORM_CONFIG, ptr_types(dt)))
         for flags in ({"NORMALIZE": n, "RELU": r} for n in (True, False) for r in (True, False)):
             for cfg in corr.FWD_CONFIGS[tdt]:
-                out.append(("corr_fwd", corr._corr_fwd_kernel, {**cfg, **flags}, ptr_types(dt)))
+                out.append(("corr_fwd", corr._corr_fwd_kernel, {**cfg, **flags, "NORMS_IN_LOOP": False},
+                            ptr_types(dt)))
+            if flags["NORMALIZE"]:  # small problems: the last config, norms in the K-loop
+                out.append(("corr_fwd", corr._corr_fwd_kernel,
+                            {**corr.FWD_CONFIGS[tdt][-1], **flags, "NORMS_IN_LOOP": True}, ptr_types(dt)))
             out.append(("corr_bwd", corr._corr_bwd_kernel, {**corr.BWD_CONFIGS[tdt], **flags}, ptr_types(dt)))
         for windowed in (False, True):
             flags = {"WINDOWED": windowed}

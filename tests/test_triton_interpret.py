@@ -29,8 +29,10 @@ MATCH_BWD_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_OWN=8, BLOCK_STREAM_T=16, B
 RESIDENT_C = {True: 16, False: 0}  # C <= 16 (padded) held whole in one tile, or never
 # (B, C, source hw, target hw, structured)
 SHAPES = [(1, 5, (3, 5), (7, 4), False), (2, 12, (3, 5), (5, 6), False), (2, 12, (4, 6), (9, 7), True)]
-CORR_CASES = [(dt, s, norm, relu) for dt in ("float32", "float16") for s in range(len(SHAPES))
-              for norm in (True, False) for relu in (True, False) if dt == "float32" or relu]
+# (dtype, shape, normalize, relu, norms in the forward's K-loop or from the norm kernel)
+CORR_CASES = [(dt, s, norm, relu, in_loop) for dt in ("float32", "float16") for s in range(len(SHAPES))
+              for norm in (True, False) for relu in (True, False) for in_loop in (True, False)
+              if (dt == "float32" or relu) and (norm or not in_loop)]
 # (dtype, shape, window, resident)
 MATCH_CASES = ([(dt, s, window, dt == "float16") for dt in ("float32", "float16") for s in (0, 1)
                 for window in (-1, 0, 1)]
@@ -72,13 +74,13 @@ def _run_correlation(case) -> dict:
     from scc_kernels import reference
     from scc_kernels.triton.correlation import correlation_bwd, correlation_fwd
 
-    dt, s, norm, relu = case
+    dt, s, norm, relu, in_loop = case
     fs, ft = _inputs(dt, s, seed=s, zero_rows=dt == "float32")
     fsd, ftd = fs.double().requires_grad_(), ft.double().requires_grad_()
     ref = reference.correlation(fsd, ftd, norm, relu)
     grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
     ref_gfs, ref_gft = torch.autograd.grad(ref, (fsd, ftd), grad)
-    out = correlation_fwd(fs, ft, norm, relu, 1e-6, **CORR_BLOCKS)
+    out = correlation_fwd(fs, ft, norm, relu, 1e-6, NORMS_IN_LOOP=in_loop, **CORR_BLOCKS)
     gfs, gft = correlation_bwd(grad.to(fs.dtype), fs, ft, norm, relu, 1e-6, **CORR_BLOCKS)
     assert out.dtype == fs.dtype and out.shape == ref.shape and gfs.dtype == fs.dtype and gft.shape == ft.shape
     return {"out": _rel(out, ref), "grad_fs": _rel(gfs, ref_gfs), "grad_ft": _rel(gft, ref_gft)}

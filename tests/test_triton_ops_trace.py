@@ -62,7 +62,8 @@ def test_fake_shapes(dtype):
 def test_compiler_sees_the_correlation_kernels():
     mode, (fs, ft, g) = _fake_cuda((2, 16, 5, 7), (2, 16, 6, 4), (2, 5, 7, 6, 4))
     fw = _graph(lambda a, b: scc_kernels.correlation(a, b) * 2, (fs, ft), mode)
-    assert fw.count("triton_kernel_wrapper_functional(") == 3  # two norm kernels + the GEMM, traced as HOPs
+    # a small problem: one launch, the GEMM with the norms in its K-loop, traced as a HOP
+    assert fw.count("triton_kernel_wrapper_functional(") == 1
     assert "scc.correlation" not in fw  # no opaque op left
     bw = _graph(lambda gr, a, b: torch.ops.scc.correlation_triton_backward(gr, a, b, True, True, 1e-6), (g, fs, ft), mode)
     assert "triton_kernel_wrapper_functional(" in bw and "scc.correlation" not in bw
@@ -78,4 +79,18 @@ def test_compiler_sees_the_fused_match_kernels():
         return torch.ops.scc.fused_match_triton_backward(flow, conf, a, b, 0.1, 1, flow, arg, lse)
 
     bw = _graph(backward, (fs, ft), mode)
-    assert bw.count("triton_kernel_wrapper_functional(") >= 5 and "scc.fused_match" not in bw
+    # forward: norms (one launch for both maps), the streaming pass; backward: norms, row statistics, grad_fs,
+    # grad_ft
+    assert bw.count("triton_kernel_wrapper_functional(") == 6 and "scc.fused_match" not in bw
+
+
+@pytest.mark.parametrize("shape,launches", [((8, 256, 32, 32), 1), ((8, 1024, 32, 32), 2), ((8, 256, 64, 64), 2)])
+def test_correlation_launches(shape, launches):
+    # Host time per launch dominates small problems (docs/performance.md): up to SMALL_PROBLEM multiply-adds
+    # the forward launches once (norms in the K-loop); above it, the norm kernel (both maps) and the GEMM.
+    mode, (fs, ft) = _fake_cuda(shape, shape)
+    with mode:
+        fs, ft = fs.bfloat16(), ft.bfloat16()
+    fw = _graph(lambda a, b: scc_kernels.correlation(a, b), (fs, ft), mode)
+    assert fw.count("triton_kernel_wrapper_functional(") == launches, fw
+    assert ("NORMS_IN_LOOP = True" in fw or "'NORMS_IN_LOOP': True" in fw) == (launches == 1), fw

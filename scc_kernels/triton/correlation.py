@@ -1,10 +1,14 @@
 """Triton correlation kernels: C_ij = relu(<fs_i, ft_j> / (|fs_i| |ft_j| + eps)).
 
-The norms |fs_i|, |ft_j| come first from a small bandwidth-bound kernel (fp32, read once), so the main
-kernel is a pure tl.dot GEMM with the normalisation and ReLU fused into its epilogue: accumulating the
-norms inside the K-loop would pull every operand tile out of the tensor-core operand layout and stall the
-software pipeline. fs (B, C, hs, ws) and ft (B, C, ht, wt) are read in their native (B, C, N) layout: a
-tile of fs is a (BLOCK_K, BLOCK_M) slab, contiguous along M, transposed in the dot. Rows (the N axis) are
+The norms |fs_i|, |ft_j| come first from a small bandwidth-bound kernel (fp32, read once; one launch
+for both maps), so the main kernel is a pure tl.dot GEMM with the normalisation and ReLU fused into its
+epilogue: accumulating the norms inside the K-loop would pull every operand tile out of the tensor-core
+operand layout and stall the software pipeline (GPU run 1: 78 TFLOP/s at B=8, C=1024, 64x64). Small
+problems are the exception: there the GPU work takes a few microseconds, a call costs what the host spends
+on its Triton launches, so they take the norms in the K-loop and launch once
+(NORMS_IN_LOOP; GPU runs 1 and 2 at B=8, C=256, 32x32: 0.07 ms with one launch, 0.21 ms with three).
+fs (B, C, hs, ws) and ft (B, C, ht, wt) are read in their native (B, C, N) layout: a tile of fs is a
+(BLOCK_K, BLOCK_M) slab, contiguous along M, transposed in the dot. Rows (the N axis) are
 zero-padded to a multiple of 16 elements when they are not one already (pad_rows: an O(B C N) copy) and
 loads are bounded by the padded row length: the JIT then knows the rows are 16-byte aligned, so every
 shape gets vectorised loads and a software-pipelined K-loop, not only multiples of 16. Accumulation is fp32;
@@ -22,7 +26,8 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 # H100 configs per input dtype, checked free of register spills by tests/test_triton_aot.py. The first
-# fits large problems; the second is used when the first would leave SMs idle (fewer tiles than SMs).
+# fits large problems; the second is used when the first would leave SMs idle (fewer tiles than SMs) and
+# for small problems (SMALL_PROBLEM: norms in the K-loop).
 # fp32 dots run on FMA units ("ieee") with operands in registers, so they use thin K slabs.
 FWD_CONFIGS = {
     torch.float32: [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=16, GROUP_M=8, num_warps=8, num_stages=3),
@@ -38,45 +43,71 @@ BWD_CONFIGS = {  # the bwd tile holds more live (BLOCK_M, BLOCK_N) values: half 
     torch.bfloat16: dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
 }
 NORM_CONFIG = dict(BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+# Problems up to this many multiply-adds (B Ns Nt C) take the norms in the K-loop and one launch. GPU runs 1
+# (norms in the loop) and 2 (separate norms): B=8, C=256, 32x32 (2^31) took 0.07 and 0.21 ms; B=8, C=1024,
+# 32x32 (2^33) 0.23 and 0.18 ms.
+SMALL_PROBLEM = 2**32
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # triton.cdiv is a constexpr function: about 1.5 us per host-side call
 
 
 @triton.jit
-def _norm_kernel(x_ptr, norm_ptr, N, C, stride_b, stride_c, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out (B, N) fp32 = |x[b, :, n]| for x (B, C, N) with unit stride along N."""
-    pid_b = tl.program_id(1).to(tl.int64)
+def _norm_rows(x_b, out_b, N, C, stride_c, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    x_b = x_ptr + pid_b * stride_b
     ss = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
         k = k0 + offs_k
         x = tl.load(x_b + k[:, None] * stride_c + offs_n[None, :],
                     mask=(k[:, None] < C) & (offs_n[None, :] < N), other=0.0).to(tl.float32)
         ss += x * x
-    tl.store(norm_ptr + pid_b * N + offs_n, tl.sqrt(tl.sum(ss, axis=0)), mask=offs_n < N)
-
-
-def norms(x3: torch.Tensor) -> torch.Tensor:
-    """(B, C, N) with unit stride along N -> (B, N) fp32 Euclidean norms over C."""
-    b, c, n = x3.shape
-    out = torch.empty((b, n), dtype=torch.float32, device=x3.device)
-    cfg = NORM_CONFIG
-    wrap_triton(_norm_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), b)](x3, out, n, c, x3.stride(0), x3.stride(1), **cfg)
-    return out
+    tl.store(out_b + offs_n, tl.sqrt(tl.sum(ss, axis=0)), mask=offs_n < N)
 
 
 @triton.jit
-def gemm_tile(
+def _norm_kernel(fs_ptr, ft_ptr, norm_ptr, B, Ns, Nt, C, stride_sb, stride_sc, stride_tb, stride_tc,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """norm (B Ns + B Nt,) fp32: |fs[b, :, i]| at b Ns + i, then |ft[b, :, j]| at B Ns + b Nt + j, for fs
+    (B, C, Ns) and ft (B, C, Nt) with unit stride along N. Grid axis 2 picks the map (one launch for both)."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    if tl.program_id(2) == 0:
+        if tl.program_id(0) * BLOCK_N < Ns:
+            _norm_rows(fs_ptr + pid_b * stride_sb, norm_ptr + pid_b * Ns, Ns, C, stride_sc, BLOCK_N, BLOCK_K)
+    else:
+        if tl.program_id(0) * BLOCK_N < Nt:
+            _norm_rows(ft_ptr + pid_b * stride_tb, norm_ptr + B * Ns + pid_b * Nt, Nt, C, stride_tc,
+                       BLOCK_N, BLOCK_K)
+
+
+def norms(fs3: torch.Tensor, ft3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fs3 (B, C, Ns), ft3 (B, C, Nt), unit stride along N -> (B, Ns), (B, Nt) fp32 Euclidean norms over C,
+    in one launch."""
+    b, c, ns = fs3.shape
+    nt = ft3.shape[2]
+    out = torch.empty(b * (ns + nt), dtype=torch.float32, device=fs3.device)
+    cfg = NORM_CONFIG
+    wrap_triton(_norm_kernel)[(cdiv(max(ns, nt), cfg["BLOCK_N"]), b, 2)](
+        fs3, ft3, out, b, ns, nt, c, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), **cfg)
+    return out[:b * ns].view(b, ns), out[b * ns:].view(b, nt)
+
+
+@triton.jit
+def gemm_tile_norms(
     fs_ptr, ft_ptr, stride_sc, stride_tc, offs_m, offs_n, C,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORMS: tl.constexpr,
 ):
-    """Dot products <fs_i, ft_j> as a (BLOCK_M, BLOCK_N) fp32 tile.
+    """Dot products <fs_i, ft_j> as a (BLOCK_M, BLOCK_N) fp32 tile and, with NORMS, the squared norms
+    |fs_i|^2 (BLOCK_M,) and |ft_j|^2 (BLOCK_N,) from the same operand tiles (else zeros).
 
     fs_ptr / ft_ptr point at one batch item of a row-padded (C, N) layout (pad_rows): unit stride along N
     and row length = the channel stride, which bounds the loads.
     """
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    ssa = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    ssb = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
         k = k0 + offs_k
         a = tl.load(fs_ptr + k[:, None] * stride_sc + offs_m[None, :],
@@ -84,6 +115,22 @@ def gemm_tile(
         b = tl.load(ft_ptr + k[:, None] * stride_tc + offs_n[None, :],
                     mask=(k[:, None] < C) & (offs_n[None, :] < stride_tc), other=0.0)
         acc = tl.dot(tl.trans(a), b, acc=acc, input_precision="ieee")
+        if NORMS:
+            af = a.to(tl.float32)
+            bf = b.to(tl.float32)
+            ssa += tl.sum(af * af, axis=0)
+            ssb += tl.sum(bf * bf, axis=0)
+    return acc, ssa, ssb
+
+
+@triton.jit
+def gemm_tile(
+    fs_ptr, ft_ptr, stride_sc, stride_tc, offs_m, offs_n, C,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Dot products <fs_i, ft_j> as a (BLOCK_M, BLOCK_N) fp32 tile (gemm_tile_norms without the norms)."""
+    acc, _, _ = gemm_tile_norms(fs_ptr, ft_ptr, stride_sc, stride_tc, offs_m, offs_n, C,
+                                BLOCK_M, BLOCK_N, BLOCK_K, False)
     return acc
 
 
@@ -106,20 +153,25 @@ def _tile_ids(Ns, Nt, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.
 def _corr_fwd_kernel(
     fs_ptr, ft_ptr, na_ptr, nb_ptr, out_ptr, Ns, Nt, C,
     stride_sb, stride_sc, stride_tb, stride_tc, stride_ob, stride_om, eps,
-    NORMALIZE: tl.constexpr, RELU: tl.constexpr,
+    NORMALIZE: tl.constexpr, RELU: tl.constexpr, NORMS_IN_LOOP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    """NORMS_IN_LOOP: the norms come from the K-loop's tiles (na_ptr / nb_ptr unread), else from na / nb."""
     pid_b = tl.program_id(1).to(tl.int64)  # batch offsets can exceed 2^31 elements
     pid_m, pid_n = _tile_ids(Ns, Nt, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < Ns
     mask_n = offs_n < Nt
-    d = gemm_tile(fs_ptr + pid_b * stride_sb, ft_ptr + pid_b * stride_tb, stride_sc, stride_tc,
-                  offs_m, offs_n, C, BLOCK_M, BLOCK_N, BLOCK_K)
+    d, ssa, ssb = gemm_tile_norms(fs_ptr + pid_b * stride_sb, ft_ptr + pid_b * stride_tb, stride_sc, stride_tc,
+                                  offs_m, offs_n, C, BLOCK_M, BLOCK_N, BLOCK_K, NORMALIZE and NORMS_IN_LOOP)
     if NORMALIZE:
-        a = tl.load(na_ptr + pid_b * Ns + offs_m, mask=mask_m, other=0.0)
-        b = tl.load(nb_ptr + pid_b * Nt + offs_n, mask=mask_n, other=0.0)
+        if NORMS_IN_LOOP:
+            a = tl.sqrt(ssa)
+            b = tl.sqrt(ssb)
+        else:
+            a = tl.load(na_ptr + pid_b * Ns + offs_m, mask=mask_m, other=0.0)
+            b = tl.load(nb_ptr + pid_b * Nt + offs_n, mask=mask_n, other=0.0)
         d = d / (a[:, None] * b[None, :] + eps)
     if RELU:
         d = tl.maximum(d, 0.0)
@@ -181,7 +233,7 @@ def pad_rows(x3: torch.Tensor) -> torch.Tensor:
     n = x3.shape[-1]
     if n % 16 == 0:
         return x3
-    out = x3.new_zeros(x3.shape[:-1] + (triton.cdiv(n, 16) * 16,))
+    out = x3.new_zeros(x3.shape[:-1] + (cdiv(n, 16) * 16,))
     out[..., :n] = x3
     return out
 
@@ -191,31 +243,35 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _pick_fwd_config(dtype, device, b, ns, nt, config):
+def _pick_fwd_config(dtype, device, b, ns, nt, c, config):
     configs = FWD_CONFIGS[dtype]
-    if device.type == "cuda":
+    small = b * ns * nt * c <= SMALL_PROBLEM
+    if small:  # the small tile: the K-loop's norms need registers for the operand tiles
+        cfg = configs[-1]
+    elif device.type == "cuda":
         sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-        cfg = next((c for c in configs
-                    if b * triton.cdiv(ns, c["BLOCK_M"]) * triton.cdiv(nt, c["BLOCK_N"]) >= sms), configs[-1])
+        cfg = next((c for c in configs if b * cdiv(ns, c["BLOCK_M"]) * cdiv(nt, c["BLOCK_N"]) >= sms), configs[-1])
     else:
         cfg = configs[0]
-    return {**cfg, **config}
+    return {"NORMS_IN_LOOP": small, **cfg, **config}
 
 
 def correlation_fwd(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, relu: bool = True,
                     eps: float = 1e-6, **config) -> torch.Tensor:
     """(B, C, hs, ws), (B, C, ht, wt) -> (B, hs, ws, ht, wt) in the input dtype.
 
-    ``config`` overrides entries of the FWD_CONFIGS entry picked (block sizes, num_warps, num_stages)."""
+    ``config`` overrides entries of the FWD_CONFIGS entry picked (block sizes, num_warps, num_stages) and
+    NORMS_IN_LOOP (default: problems of at most SMALL_PROBLEM multiply-adds)."""
     b, c, hs, ws = fs.shape
     ht, wt = ft.shape[-2:]
     fs3, ft3 = _flat(fs, ft)
     ns, nt = hs * ws, ht * wt
-    cfg = _pick_fwd_config(fs.dtype, fs.device, b, ns, nt, config)
-    na, nb = (norms(fs3), norms(ft3)) if normalize else (fs3, ft3)  # unread without normalize
+    cfg = _pick_fwd_config(fs.dtype, fs.device, b, ns, nt, c, config)
+    # na / nb are unread without normalize or with the norms in the loop
+    na, nb = norms(fs3, ft3) if normalize and not cfg["NORMS_IN_LOOP"] else (fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
     out = torch.empty((b, hs, ws, ht, wt), dtype=fs.dtype, device=fs.device)
-    grid = (triton.cdiv(ns, cfg["BLOCK_M"]) * triton.cdiv(nt, cfg["BLOCK_N"]), b)
+    grid = (cdiv(ns, cfg["BLOCK_M"]) * cdiv(nt, cfg["BLOCK_N"]), b)
     wrap_triton(_corr_fwd_kernel)[grid](
         fs3, ft3, na, nb, out, ns, nt, c, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1),
         ns * nt, nt, eps, NORMALIZE=normalize, RELU=relu, **cfg,
@@ -238,8 +294,8 @@ def correlation_bwd(grad: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, norm
     ns, nt = hs * ws, ht * wt
     cfg = {**BWD_CONFIGS[fs.dtype], **config}
     g3 = grad.contiguous().reshape(b, ns, nt)
-    tiles_m, tiles_n = triton.cdiv(ns, cfg["BLOCK_M"]), triton.cdiv(nt, cfg["BLOCK_N"])
-    na, nb = (norms(fs3), norms(ft3)) if normalize else (fs3, ft3)
+    tiles_m, tiles_n = cdiv(ns, cfg["BLOCK_M"]), cdiv(nt, cfg["BLOCK_N"])
+    na, nb = norms(fs3, ft3) if normalize else (fs3, ft3)
     fs3p, ft3p = pad_rows(fs3), pad_rows(ft3)
     A = torch.empty((b, ns, nt), dtype=torch.float32, device=fs.device)
     rowq = torch.empty((b, tiles_n, ns), dtype=torch.float32, device=fs.device)

@@ -1,7 +1,7 @@
 """Triton fused matching: windowed soft-argmax of softmax_j(correlation(fs, ft) / tau), never writing
 the (Ns x Nt) volume.
 
-The norms |fs_i|, |ft_j| are computed once (correlation.norms); every tile then only needs tl.dot plus an
+The norms |fs_i|, |ft_j| are computed once (correlation.norms, one launch for both maps); every tile then only needs tl.dot plus an
 elementwise epilogue. When the (padded) channel count fits one tile (RESIDENT, C <= RESIDENT_C), a
 program's own block of features is loaded once and each streamed tile takes a single dot; otherwise the
 dot loops over BLOCK_K channel slabs. fs and ft rows are padded as in correlation.pad_rows, so loads are
@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .correlation import gemm_tile, norms, pad_rows
+from .correlation import cdiv, gemm_tile, norms, pad_rows
 
 EPS = 1e-6  # the correlation eps of reference.fused_match
 LOG2E = 1.4426950408889634
@@ -362,7 +362,7 @@ def _flat(fs: torch.Tensor, ft: torch.Tensor):
 
 def _launch_cfg(cfg: dict, c: int, keys: tuple[str, ...]) -> dict:
     """Kernel keyword arguments: with the padded C within RESIDENT_C, one channel tile holds all of C."""
-    kc = max(16, triton.next_power_of_2(c))  # tl.dot needs K >= 16
+    kc = max(16, 1 << (c - 1).bit_length())  # the next power of two; tl.dot needs K >= 16
     resident = kc <= cfg["RESIDENT_C"]
     out = {k: cfg[k] for k in keys + ("num_warps", "num_stages")}
     out["RESIDENT"] = resident
@@ -394,9 +394,9 @@ def fused_match_fwd(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int 
     conf = torch.empty((b, hs, ws), dtype=torch.float32, device=dev)
     arg = torch.empty((b, hs, ws), dtype=torch.int64, device=dev)
     lse = torch.empty((b, ns), dtype=torch.float32, device=dev)
-    na, nb = norms(fs3), norms(ft3)
+    na, nb = norms(fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
-    wrap_triton(_fused_match_fwd_kernel)[(triton.cdiv(ns, cfg["BLOCK_M"]), b)](
+    wrap_triton(_fused_match_fwd_kernel)[(cdiv(ns, cfg["BLOCK_M"]), b)](
         fs3, ft3, na, nb, flow, conf, arg, lse, ns, nt, c, wt,
         fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), LOG2E / tau, EPS, max(window, 0),
         WINDOWED=window >= 0, **cfg,
@@ -416,7 +416,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     windowed = window >= 0
     arg = argmax.contiguous()
     lse = lse.contiguous()
-    na, nb = norms(fs3), norms(ft3)
+    na, nb = norms(fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
     common = (ns, nt, c, wt, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), LOG2E / tau)
 
@@ -424,7 +424,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     S = torch.empty((b, ns), dtype=torch.float32, device=dev)
     conf = torch.empty((b, ns), dtype=torch.float32, device=dev)
     scfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
-    wrap_triton(_row_stats_kernel)[(triton.cdiv(ns, scfg["BLOCK_M"]), b)](
+    wrap_triton(_row_stats_kernel)[(cdiv(ns, scfg["BLOCK_M"]), b)](
         fs3, ft3, na, nb, arg, lse, flow, S, conf, *common, EPS, max(window, 0), WINDOWED=windowed, **scfg,
     )
     gflow = torch.zeros_like(flow) if grad_flow is None else grad_flow.reshape(b, ns, 2).float()
@@ -438,8 +438,8 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     grad_ft = torch.empty_like(ft3)
     args = (*common, 1.0 / tau, EPS, max(window, 0))
     fs_cfg, ft_cfg = _grad_cfgs({**BWD_CONFIGS[fs.dtype], **config}, c)
-    wrap_triton(_grad_fs_kernel)[(triton.cdiv(ns, fs_cfg["BLOCK_M"]), triton.cdiv(c, fs_cfg["BLOCK_C"]), b)](
+    wrap_triton(_grad_fs_kernel)[(cdiv(ns, fs_cfg["BLOCK_M"]), cdiv(c, fs_cfg["BLOCK_C"]), b)](
         fs3, ft3, nb, coef, arg, grad_fs, *args, WINDOWED=windowed, **fs_cfg)
-    wrap_triton(_grad_ft_kernel)[(triton.cdiv(nt, ft_cfg["BLOCK_N"]), triton.cdiv(c, ft_cfg["BLOCK_C"]), b)](
+    wrap_triton(_grad_ft_kernel)[(cdiv(nt, ft_cfg["BLOCK_N"]), cdiv(c, ft_cfg["BLOCK_C"]), b)](
         fs3, ft3, nb, coef, arg, grad_ft, *args, WINDOWED=windowed, **ft_cfg)
     return grad_fs[..., :ns].reshape(fs.shape), grad_ft[..., :nt].reshape(ft.shape)
