@@ -94,3 +94,46 @@ def test_correlation_launches(shape, launches):
     fw = _graph(lambda a, b: scc_kernels.correlation(a, b), (fs, ft), mode)
     assert fw.count("triton_kernel_wrapper_functional(") == launches, fw
     assert ("NORMS_IN_LOOP = True" in fw or "'NORMS_IN_LOOP': True" in fw) == (launches == 1), fw
+
+
+@pytest.fixture
+def sm90_target(monkeypatch):
+    """torch.compile reads which pointers a Triton kernel writes from its TTIR, which needs a compile target:
+    without a GPU none is active (and it would assume every argument written), so give it the H100's."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    class Driver:
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+    monkeypatch.setattr(triton.runtime.driver, "_active", Driver())
+
+
+def _written(graph: str) -> list[list[str]]:
+    import ast
+
+    return [ast.literal_eval(line.split("tensors_to_clone = ")[1].split("]")[0] + "]")
+            for line in graph.splitlines() if "tensors_to_clone = " in line]
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (8, 1024, 32, 32)])
+def test_compiler_sees_only_outputs_written(sm90_target, shape):
+    # A kernel whose writes the analysis cannot read makes torch.compile clone every input (the feature maps)
+    # on every call; each of these writes only its outputs.
+    b, _, h, w = shape
+    mode, (fs, ft, g) = _fake_cuda(shape, shape, (b, h, w, h, w))
+
+    def match_backward(a, b):
+        flow, conf, arg, lse = torch.ops.scc.fused_match_triton(a, b, 0.1, 1)
+        return torch.ops.scc.fused_match_triton_backward(flow, conf, a, b, 0.1, 1, flow, arg, lse)
+
+    graphs = [_graph(lambda a, b: scc_kernels.correlation(a, b), (fs, ft), mode),
+              _graph(lambda gr, a, b: torch.ops.scc.correlation_triton_backward(gr, a, b, True, True, 1e-6),
+                     (g, fs, ft), mode),
+              _graph(match_backward, (fs, ft), mode)]
+    written = [w for graph in graphs for w in _written(graph)]
+    corr_fw = [["out_ptr"]] if b * (h * w) ** 2 * shape[1] <= 2**32 else [["norm_ptr"], ["out_ptr"]]
+    assert written == corr_fw + [["norm_ptr"], ["A_ptr", "rowq_ptr", "colq_ptr"]] + [
+        ["norm_ptr"], ["flow_ptr", "conf_ptr", "arg_ptr", "lse_ptr"],  # fused_match forward
+        ["norm_ptr"], ["flow_ptr", "S_ptr", "conf_ptr"], ["gfs_ptr"], ["gft_ptr"]]  # its backward
