@@ -3,7 +3,9 @@
 tests/test_cuda_ops.py trusts it to run csrc/cuda/*.cu like a GPU would (for what they compute); here small
 kernels check that trust: a block reduction through warp shuffles, static and dynamic shared memory and
 __syncthreads gives the exact sum; shared memory nobody wrote reads as NaN; a missing barrier shows; a
-barrier that not every live thread can reach is reported; launches a GPU refuses are refused. The launch rewriting is checked on text.
+barrier that not every live thread can reach is reported; launches a GPU refuses are refused; built with
+AddressSanitizer, a read past a tensor or past the shared memory is stopped. The launch rewriting is
+checked on text.
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ __global__ void deadlock_kernel(float* __restrict__ out) {
 
 __global__ void noop_kernel() {}
 
+// Reads one element past the end of x (global) or of the dynamic shared memory: found only with
+// AddressSanitizer (cuda_emu.load(asan=True)), as compute-sanitizer would on a GPU.
+__global__ void overrun_kernel(const float* __restrict__ x, int n, bool shared, float* __restrict__ out) {
+  extern __shared__ unsigned char smem_raw[];
+  float* staged = reinterpret_cast<float*>(smem_raw);
+  staged[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  const int k = threadIdx.x + 1;  // k = n for the last thread
+  out[threadIdx.x] = shared ? staged[k] : x[k];
+}
+
 // out[b, t] = t - 1 (-1 for t = 0), read from the lower neighbour's shared slot: needs the barrier. Without
 // it the result is right whenever the lower thread happens to run first (increasing order).
 __global__ void neighbour_kernel(bool barrier, float* __restrict__ out) {
@@ -90,6 +103,13 @@ at::Tensor neighbours(bool barrier) {
 
 void launch(int64_t threads, int64_t grid_y, int64_t smem) { noop_kernel<<<dim3(1, grid_y), threads, smem>>>(); }
 
+at::Tensor overrun(const at::Tensor& x, bool shared) {
+  at::Tensor out = at::empty({x.size(0)}, x.options());
+  overrun_kernel<<<1, x.size(0), x.size(0) * sizeof(float)>>>(x.const_data_ptr<float>(), x.size(0), shared,
+                                                               out.mutable_data_ptr<float>());
+  return out;
+}
+
 }  // namespace cuda
 }  // namespace scc
 
@@ -99,14 +119,20 @@ TORCH_LIBRARY(scc_cuda_emu_selftest, m) {
   m.def("deadlock() -> Tensor", &scc::cuda::deadlock);
   m.def("launch(int threads, int grid_y, int smem) -> ()", &scc::cuda::launch);
   m.def("neighbours(bool barrier) -> Tensor", &scc::cuda::neighbours);
+  m.def("overrun(Tensor x, bool shared) -> Tensor", &scc::cuda::overrun);
 }
 """
 
 
+def _build(asan: bool = False):
+    cuda_emu.build("scc_cuda_emu_selftest", {"selftest.cpp": cuda_emu.translate(KERNELS), **cuda_emu.translated_headers()},
+                   asan=asan)
+    return torch.ops.scc_cuda_emu_selftest
+
+
 @pytest.fixture(scope="module")
 def ops():
-    cuda_emu.build("scc_cuda_emu_selftest", {"selftest.cpp": cuda_emu.translate(KERNELS), **cuda_emu.translated_headers()})
-    return torch.ops.scc_cuda_emu_selftest
+    return _build()
 
 
 @pytest.mark.parametrize("n", [1, 31, 33, 200, 1024])
@@ -156,3 +182,34 @@ def test_launch_rewriting():
             "static char b_emu_site; float(&b)[2][K / 2] = ::emu::block_shared<float[2][K / 2]>(&b_emu_site);"
             "  // two arrays") in out
     assert "<<<" not in out and "__shared__" not in out
+
+
+# ---- memory checking (AddressSanitizer) ------------------------------------------------------------
+
+asan_only = pytest.mark.skipif(cuda_emu.asan_runtime() is None, reason="the C++ compiler has no AddressSanitizer runtime")
+
+
+def _overrun_child(shared: str, asan: str) -> None:
+    """Child process: one overrunning launch (with the instrumented build when asan == "1")."""
+    ops = _build(asan=asan == "1")
+    x = torch.arange(1, 33, dtype=torch.float32)
+    out = ops.overrun(x, shared == "shared")
+    print("finished", out[:-1].tolist() == x[1:].tolist())
+
+
+@asan_only
+@pytest.mark.parametrize("shared", ["global", "shared"])
+def test_asan_finds_an_overrun(shared):
+    # The same kernel runs unnoticed without the sanitizer (it reads whatever lies past the end) and is
+    # stopped with it, pointing at the kernel: reads outside a tensor or outside shared memory are found.
+    plain = cuda_emu.run_child(__file__, ["_overrun_child", shared, "0"], asan=False)
+    assert plain.returncode == 0 and "finished True" in plain.stdout, plain.stderr[-3000:]
+    checked = cuda_emu.run_child(__file__, ["_overrun_child", shared, "1"], asan=True)
+    assert checked.returncode != 0 and "heap-buffer-overflow" in checked.stderr, checked.stderr[-3000:]
+    assert "cuda::overrun(" in checked.stderr, checked.stderr[-3000:]  # the launch (the kernel is inlined)
+
+
+if __name__ == "__main__":  # a child of run_child
+    import sys
+
+    globals()[sys.argv[1]](*sys.argv[2:])

@@ -13,6 +13,10 @@
 // missing barrier shows as a read of unwritten or stale data in one of the two orders; races that need
 // finer interleavings, the GPU's FMA contraction and fast math, registers and speed it cannot see.
 //
+// Built with -fsanitize=address (cuda_emu.load(asan=True)), it is a memory checker like compute-sanitizer's:
+// a kernel's read or write outside a tensor, or outside its shared memory, is reported by AddressSanitizer
+// (the fiber switches are announced to it, and shared memory is allocated at its exact size).
+//
 // tests/cuda_emu/__init__.py rewrites the launches (kernel<<<grid, block, smem, stream>>>(args)) into
 // emu::launch calls, `extern __shared__` arrays into emu::dynamic_smem() and static ones into
 // emu::block_shared, and force-includes this file.
@@ -20,6 +24,13 @@
 
 #include <setjmp.h>
 #include <ucontext.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -68,12 +79,14 @@ struct Fiber {
   bool started = false;
   unsigned shuffles = 0;  // shuffles done: selects the half of the double-buffered exchange
   char* stack = nullptr;
+  void* asan_fake = nullptr;  // AddressSanitizer's fake stack of the fiber while it is switched out
   uint3 tid{0, 0, 0};
   unsigned warp = 0, lane = 0;
   State state = State::kDone;
 };
 
-constexpr size_t kStackBytes = 256 * 1024;
+// AddressSanitizer clears the shadow of a fiber's whole stack when it starts: a smaller stack there.
+constexpr size_t kStackBytes = (EMU_ASAN ? 64 : 256) * 1024;
 constexpr size_t kSlotBytes = 16;  // per lane, for shuffled values
 
 struct Exec {
@@ -86,6 +99,9 @@ struct Exec {
   ucontext_t boot;
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
+  void* asan_fake = nullptr;         // the scheduler's fake stack while a fiber runs
+  const void* asan_bottom = nullptr;  // the scheduler's stack, to switch back to
+  size_t asan_size = 0;
   std::vector<unsigned char> warp_buf;
   std::unordered_map<const void*, std::unique_ptr<unsigned char[]>> statics;  // static __shared__, per block
   bool reverse = false;  // run the block's threads from the last to the first (see launch)
@@ -99,17 +115,41 @@ inline Exec*& exec() {
 
 inline Fiber& self() { return exec()->fibers[exec()->cur]; }
 
+// AddressSanitizer must be told of every switch between stacks (before it, and on arrival), or it takes
+// the fibers' frames for overflows of the OS thread's stack.
+inline void asan_leave(void** fake_save, const void* bottom, size_t size) {
+#if EMU_ASAN
+  __sanitizer_start_switch_fiber(fake_save, bottom, size);
+#else
+  (void)fake_save, (void)bottom, (void)size;
+#endif
+}
+
+inline void asan_arrive(void* fake_save, const void** bottom_old, size_t* size_old) {
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_save, bottom_old, size_old);
+#else
+  (void)fake_save, (void)bottom_old, (void)size_old;
+#endif
+}
+
 inline void wait_as(State s) {
   Exec* e = exec();
   Fiber& f = e->fibers[e->cur];
   f.state = s;
-  if (_setjmp(f.env) == 0) _longjmp(e->sched, 1);
+  if (_setjmp(f.env) == 0) {
+    asan_leave(&f.asan_fake, e->asan_bottom, e->asan_size);
+    _longjmp(e->sched, 1);
+  }
+  asan_arrive(f.asan_fake, &e->asan_bottom, &e->asan_size);
 }
 
 [[noreturn]] inline void fiber_entry() {
   Exec* e = exec();
+  asan_arrive(nullptr, &e->asan_bottom, &e->asan_size);
   (*e->body)();
   e->fibers[e->cur].state = State::kDone;
+  asan_leave(nullptr, e->asan_bottom, e->asan_size);  // the fiber ends: nothing to keep
   _longjmp(e->sched, 1);
 }
 
@@ -118,10 +158,12 @@ inline void resume(Exec& e, unsigned t) {
   e.cur = t;
   Fiber& f = e.fibers[t];
   if (_setjmp(e.sched) == 0) {
+    asan_leave(&e.asan_fake, f.stack, kStackBytes);
     if (f.started) _longjmp(f.env, 1);
     f.started = true;
     swapcontext(&e.boot, &f.ctx);  // does not return: the fiber comes back by _longjmp(e.sched)
   }
+  asan_arrive(e.asan_fake, nullptr, nullptr);
 }
 
 inline unsigned char* dynamic_smem() { return exec()->smem; }
@@ -237,8 +279,11 @@ void launch(dim3 grid, dim3 block, size_t smem, F&& kernel_call) {
     f.warp = t / 32;
     f.lane = t % 32;
   }
-  std::vector<unsigned char> smem_buf(smem + 64);
-  e.smem = smem_buf.data() + (64 - reinterpret_cast<std::uintptr_t>(smem_buf.data()) % 64) % 64;
+  // exactly `smem` bytes, so that a read past the end is outside the allocation (AddressSanitizer)
+  void* smem_raw = nullptr;
+  if (smem && posix_memalign(&smem_raw, 64, smem) != 0) throw std::bad_alloc();
+  const std::unique_ptr<void, decltype(&std::free)> smem_buf(smem_raw, &std::free);
+  e.smem = static_cast<unsigned char*>(smem_raw);
   e.smem_bytes = smem;
   e.warp_buf.resize(((n + 31) / 32) * 2 * 32 * kSlotBytes);
   const std::function<void()> body = [&] { kernel_call(); };
