@@ -7,6 +7,20 @@ os.environ.setdefault("SCC_POISON", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# tests/test_cpu_memcheck.py: the CPU kernels built with AddressSanitizer stand in for scc_kernels._C (the
+# library registers the same torch.ops.scc; the package's `from . import _C` then finds it loaded).
+if os.environ.get("SCC_KERNELS_LIB"):
+    import sys as _sys
+    import types as _types
+
+    torch.ops.load_library(os.environ["SCC_KERNELS_LIB"])
+    _sys.modules["scc_kernels._C"] = _types.ModuleType("scc_kernels._C")
+
+
+def pytest_report_header(config):
+    if os.environ.get("SCC_KERNELS_LIB"):
+        return f"the kernels of SCC_KERNELS_LIB: {os.environ['SCC_KERNELS_LIB']}"
+
 
 @pytest.fixture(autouse=True)
 def _seed():
