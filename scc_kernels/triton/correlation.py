@@ -243,7 +243,7 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _pick_fwd_config(dtype, device, b, ns, nt, c, config):
+def _pick_fwd_config(dtype, device, b, ns, nt, c, normalize, config):
     configs = FWD_CONFIGS[dtype]
     small = b * ns * nt * c <= SMALL_PROBLEM
     if small:  # the small tile: the K-loop's norms need registers for the operand tiles
@@ -253,7 +253,7 @@ def _pick_fwd_config(dtype, device, b, ns, nt, c, config):
         cfg = next((c for c in configs if b * cdiv(ns, c["BLOCK_M"]) * cdiv(nt, c["BLOCK_N"]) >= sms), configs[-1])
     else:
         cfg = configs[0]
-    return {"NORMS_IN_LOOP": small, **cfg, **config}
+    return {"NORMS_IN_LOOP": small and normalize, **cfg, **config}
 
 
 def correlation_fwd(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, relu: bool = True,
@@ -266,7 +266,7 @@ def correlation_fwd(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, 
     ht, wt = ft.shape[-2:]
     fs3, ft3 = _flat(fs, ft)
     ns, nt = hs * ws, ht * wt
-    cfg = _pick_fwd_config(fs.dtype, fs.device, b, ns, nt, c, config)
+    cfg = _pick_fwd_config(fs.dtype, fs.device, b, ns, nt, c, normalize, config)
     # na / nb are unread without normalize or with the norms in the loop
     na, nb = norms(fs3, ft3) if normalize and not cfg["NORMS_IN_LOOP"] else (fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
