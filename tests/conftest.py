@@ -18,8 +18,12 @@ if os.environ.get("SCC_KERNELS_LIB"):
 
 
 def pytest_report_header(config):
+    lines = []
     if os.environ.get("SCC_KERNELS_LIB"):
-        return f"the kernels of SCC_KERNELS_LIB: {os.environ['SCC_KERNELS_LIB']}"
+        lines.append(f"the kernels of SCC_KERNELS_LIB: {os.environ['SCC_KERNELS_LIB']}")
+    if os.environ.get("SCC_CUDA_EMU_ASAN") == "1":  # tests/cuda_emu refuses this without the runtime loaded
+        lines.append("cuda_emu: AddressSanitizer build")
+    return lines
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """The CPU kernels (csrc/ops.cpp, csrc/cpu/*.cpp) stay inside their tensors: tests/test_ops.py and
 tests/test_bad_inputs.py run in a child process against the kernels built with AddressSanitizer (the
-extension's own sources and flags, plus -fsanitize=address), loaded in place of scc_kernels._C (see
-conftest.py). A read or write outside an allocation stops the run with a report naming the kernel."""
+extension's own sources, at -O1 with -fsanitize=address), loaded in place of scc_kernels._C (see
+conftest.py). A read or write past either end of an allocation or into freed memory stops the run with a
+report naming the kernel (an index far enough off to land in another live allocation goes unseen)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The CUDA kernels (csrc/cuda/*.cu) stay inside their tensors and shared memory: tests/test_cuda_ops.py run
 on the emulator built with AddressSanitizer, in a child process (the sanitizer's runtime must be preloaded
-into Python). Every read or write outside an allocation (a tensor, a block's dynamic or static shared
-memory) stops the run with a report naming the launch, as compute-sanitizer's memcheck would on a GPU;
-tests/test_cuda_emu.py::test_asan_finds_an_overrun shows that it does. What it cannot see: a wrong index
-that stays inside an allocation (the value tests see those)."""
+into Python). A read or write past either end of an allocation (a tensor, a block's dynamic or static
+shared memory, a thread's stack) or into freed memory stops the run with a report naming the launch, as
+compute-sanitizer's memcheck would on a GPU; tests/test_cuda_emu.py::test_asan_finds_an_overrun shows
+that it does. What it cannot see: an index so far off that it lands inside another live allocation, or a
+wrong index inside the right one (the value tests see those)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ def test_cuda_kernels_stay_in_bounds():
     # the instrumented run costs minutes
     # --capture=sys: the sanitizer writes its report to file descriptor 2, which pytest's default capture
     # would swallow with the process
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--capture=sys",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "--capture=sys",
                            "-k", "not bf16", "tests/test_cuda_ops.py"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     out = proc.stdout + proc.stderr
     assert "ERROR: AddressSanitizer" not in out, out[-6000:]
     assert proc.returncode == 0 and " passed" in proc.stdout, out[-6000:]
+    assert "cuda_emu: AddressSanitizer build" in proc.stdout, out[-3000:]  # the instrumented build ran

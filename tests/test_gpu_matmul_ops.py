@@ -23,7 +23,13 @@ def _bound(lo_ref, exact, dtype):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_correlation_cuda(shape, dtype):
+@pytest.mark.parametrize("small", [True, False], ids=["norms-in-loop", "norm-kernel"])
+def test_correlation_cuda(shape, dtype, small, monkeypatch):
+    # these shapes are small problems (one launch, norms in the K-loop); SMALL_PROBLEM = 0 takes the
+    # large-problem path (the norm kernel for both maps, then the GEMM)
+    from scc_kernels.triton import correlation as TC
+
+    monkeypatch.setattr(TC, "SMALL_PROBLEM", TC.SMALL_PROBLEM if small else 0)
     b, c, hs, ws, ht, wt = shape
     fs = torch.randn(b, c, hs, ws, device="cuda").to(dtype).requires_grad_()
     ft = torch.randn(b, c, ht, wt, device="cuda").to(dtype).requires_grad_()

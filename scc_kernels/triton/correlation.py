@@ -5,8 +5,9 @@ for both maps), so the main kernel is a pure tl.dot GEMM with the normalisation 
 epilogue: accumulating the norms inside the K-loop would pull every operand tile out of the tensor-core
 operand layout and stall the software pipeline (GPU run 1: 78 TFLOP/s at B=8, C=1024, 64x64). Small
 problems are the exception: there the GPU work takes a few microseconds, a call costs what the host spends
-on its Triton launches, so they take the norms in the K-loop and launch once
-(NORMS_IN_LOOP; GPU runs 1 and 2 at B=8, C=256, 32x32: 0.07 ms with one launch, 0.21 ms with three).
+on its Triton launches, so they take the norms in the K-loop and launch once (NORMS_IN_LOOP; GPU runs 1
+and 2 at B=8, C=256, 32x32: 0.07 ms with run 1's one-launch kernel, 128 x 128 tiles, and 0.21 ms with
+three launches; the shipped small path, the second config below, is not yet timed on a GPU).
 fs (B, C, hs, ws) and ft (B, C, ht, wt) are read in their native (B, C, N) layout: a tile of fs is a
 (BLOCK_K, BLOCK_M) slab, contiguous along M, transposed in the dot. Rows (the N axis) are
 zero-padded to a multiple of 16 elements when they are not one already (pad_rows: an O(B C N) copy) and
@@ -67,17 +68,17 @@ def _norm_rows(x_b, out_b, N, C, stride_c, BLOCK_N: tl.constexpr, BLOCK_K: tl.co
 
 
 @triton.jit
-def _norm_kernel(fs_ptr, ft_ptr, norm_ptr, B, Ns, Nt, C, stride_sb, stride_sc, stride_tb, stride_tc,
+def _norm_kernel(fs_ptr, ft_ptr, norm_ptr, ft_offset, Ns, Nt, C, stride_sb, stride_sc, stride_tb, stride_tc,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """norm (B Ns + B Nt,) fp32: |fs[b, :, i]| at b Ns + i, then |ft[b, :, j]| at B Ns + b Nt + j, for fs
-    (B, C, Ns) and ft (B, C, Nt) with unit stride along N. Grid axis 2 picks the map (one launch for both)."""
+    """norm fp32: |fs[b, :, i]| at b Ns + i, then |ft[b, :, j]| at ft_offset + b Nt + j, for fs (B, C, Ns)
+    and ft (B, C, Nt) with unit stride along N. Grid axis 2 picks the map (one launch for both)."""
     pid_b = tl.program_id(1).to(tl.int64)
     if tl.program_id(2) == 0:
         if tl.program_id(0) * BLOCK_N < Ns:
             _norm_rows(fs_ptr + pid_b * stride_sb, norm_ptr + pid_b * Ns, Ns, C, stride_sc, BLOCK_N, BLOCK_K)
     else:
         if tl.program_id(0) * BLOCK_N < Nt:
-            _norm_rows(ft_ptr + pid_b * stride_tb, norm_ptr + B * Ns + pid_b * Nt, Nt, C, stride_tc,
+            _norm_rows(ft_ptr + pid_b * stride_tb, norm_ptr + ft_offset + pid_b * Nt, Nt, C, stride_tc,
                        BLOCK_N, BLOCK_K)
 
 
@@ -86,11 +87,14 @@ def norms(fs3: torch.Tensor, ft3: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     in one launch."""
     b, c, ns = fs3.shape
     nt = ft3.shape[2]
-    out = torch.empty(b * (ns + nt), dtype=torch.float32, device=fs3.device)
+    # ft's norms start 16-byte aligned (the kernels that read them are compiled for aligned pointers); the
+    # offset is passed from the host, so it is 64-bit whenever it needs to be
+    ft_offset = cdiv(b * ns, 4) * 4
+    out = torch.empty(ft_offset + b * nt, dtype=torch.float32, device=fs3.device)
     cfg = NORM_CONFIG
     wrap_triton(_norm_kernel)[(cdiv(max(ns, nt), cfg["BLOCK_N"]), b, 2)](
-        fs3, ft3, out, b, ns, nt, c, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), **cfg)
-    return out[:b * ns].view(b, ns), out[b * ns:].view(b, nt)
+        fs3, ft3, out, ft_offset, ns, nt, c, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), **cfg)
+    return out[:b * ns].view(b, ns), out[ft_offset:].view(b, nt)
 
 
 @triton.jit

@@ -175,6 +175,9 @@ def build(name: str, sources: dict[str, str], asan: bool = False) -> None:
     instrumented by AddressSanitizer: the process must run with its runtime preloaded (asan_runtime())."""
     from torch.utils import cpp_extension
 
+    if asan and "libasan" not in Path("/proc/self/maps").read_text():
+        raise RuntimeError("cuda_emu: the AddressSanitizer build needs the sanitizer's runtime preloaded into "
+                           "Python: run with the environment of cuda_emu.asan_env()")
     digest = hashlib.sha256(torch.__version__.encode() + (b"asan" if asan else b""))
     for p in _emulator_files():
         digest.update(p.name.encode() + p.read_bytes())

@@ -271,10 +271,13 @@ void launch(dim3 grid, dim3 block, size_t smem, F&& kernel_call) {
   e.block = block;
   e.nthreads = static_cast<unsigned>(n);
   e.fibers.resize(n);
-  const std::unique_ptr<char[]> stacks(new char[n * kStackBytes]);  // not zeroed: pages touched where used
+  // Not zeroed: pages touched where used. Under AddressSanitizer one allocation per fiber, so that a
+  // fiber's stack overflow runs into a redzone instead of its neighbour's stack.
+  std::vector<std::unique_ptr<char[]>> stacks(EMU_ASAN ? n : 1);
+  for (auto& st : stacks) st.reset(new char[(EMU_ASAN ? 1 : n) * kStackBytes]);
   for (unsigned t = 0; t < n; ++t) {
     Fiber& f = e.fibers[t];
-    f.stack = stacks.get() + t * kStackBytes;
+    f.stack = EMU_ASAN ? stacks[t].get() : stacks[0].get() + t * kStackBytes;
     f.tid = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
     f.warp = t / 32;
     f.lane = t % 32;
