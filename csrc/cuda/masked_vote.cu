@@ -263,16 +263,19 @@ __global__ void hist_blur_kernel(const acc_t* __restrict__ hist, Dims d, acc_t i
   }
 }
 
-// h[b, i, j] = Vb[b, x_j - x_i].
-template <typename acc_t>
-__global__ void gather_kernel(const acc_t* __restrict__ vb, Dims d, acc_t* __restrict__ h) {
+// out[b, i, j] = Vb[b, x_j - x_i], divided by (peak_b + eps) when `peak` is given: h (the backward's
+// operator) or the global mode's output g without materialising h.
+template <typename out_t, typename acc_t>
+__global__ void gather_kernel(const acc_t* __restrict__ vb, const MaxIdx<acc_t>* __restrict__ peak, Dims d,
+                              acc_t eps, out_t* __restrict__ out) {
   const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
   SCC_ROW_PROLOGUE(d.batch * d.ns())
   const int64_t b = row / d.ns(), i = row - b * d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
+  const acc_t den = peak != nullptr ? peak[b].v + eps : acc_t(1);
   for (int64_t jy = 0; jy < d.ht; ++jy) {  // rows of the target plane: no division per element
     const acc_t* v = vb + (b * hh + jy - iy + d.hs - 1) * hw - ix + d.ws - 1;
-    acc_t* o = h + row * d.nt() + jy * d.wt;
-    for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) o[jx] = v[jx];
+    out_t* o = out + row * d.nt() + jy * d.wt;
+    for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) o[jx] = static_cast<out_t>(v[jx] / den);
   }
 }
 
@@ -292,21 +295,6 @@ __global__ void __launch_bounds__(kThreads)
   }
   m = block_max_idx(m);
   if (threadIdx.x == 0) peak[b] = m;
-}
-
-// g[b, i, j] = Vb[b, x_j - x_i] / (peak_b + eps): the global mode's output without materialising h.
-template <typename scalar_t, typename acc_t>
-__global__ void gather_normalize_kernel(const acc_t* __restrict__ vb, const MaxIdx<acc_t>* __restrict__ peak,
-                                        Dims d, acc_t eps, scalar_t* __restrict__ out) {
-  const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
-  SCC_ROW_PROLOGUE(d.batch * d.ns())
-  const int64_t b = row / d.ns(), i = row - b * d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
-  const acc_t den = peak[b].v + eps;
-  for (int64_t jy = 0; jy < d.ht; ++jy) {  // rows of the target plane: no division per element
-    const acc_t* v = vb + (b * hh + jy - iy + d.hs - 1) * hw - ix + d.ws - 1;
-    scalar_t* o = out + row * d.nt() + jy * d.wt;
-    for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) o[jx] = static_cast<scalar_t>(v[jx] / den);
-  }
 }
 
 // ---- per-batch reductions (two stages, fixed order: deterministic) --------------------------
@@ -543,8 +531,8 @@ void vote(const scalar_t* corr, const scalar_t* ms, const scalar_t* mt, const at
   if (!a.local) {
     const at::Tensor vb = blurred_hist<scalar_t, acc_t>(corr, ms, mt, in, d, sigma, like, stream);
     if (peak != nullptr) *peak = hist_peak<acc_t>(vb, d, stream);
-    gather_kernel<acc_t><<<row_grid(rows), row_block(), 0, stream>>>(vb.const_data_ptr<acc_t>(), d,
-                                                                    h.mutable_data_ptr<acc_t>());
+    gather_kernel<acc_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
+        vb.const_data_ptr<acc_t>(), nullptr, d, acc_t(0), h.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
@@ -599,7 +587,7 @@ at::Tensor masked_vote(const at::Tensor& corr_in, const at::Tensor& mask_s_in, c
     if (!a.local) {  // g straight from the blurred histogram: h is never materialised
       const at::Tensor vb = blurred_hist<scalar_t, acc_t>(cp, msp, mtp, nullptr, d, sigma, corr, stream);
       const at::Tensor peak = hist_peak<acc_t>(vb, d, stream);
-      gather_normalize_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
+      gather_kernel<scalar_t, acc_t><<<row_grid(rows), row_block(), 0, stream>>>(
           vb.const_data_ptr<acc_t>(), reinterpret_cast<const MaxIdx<acc_t>*>(peak.const_data_ptr()), d,
           static_cast<acc_t>(eps), out.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
