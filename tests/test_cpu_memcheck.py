@@ -6,20 +6,13 @@ report naming the kernel (an index far enough off to land in another live alloca
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
-import cuda_emu  # the sanitizer's runtime and environment
+import cuda_emu  # the sanitizer's runtime, environment and child processes
 
-ROOT = Path(__file__).resolve().parent.parent
-CSRC = ROOT / "csrc"
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
 
 pytestmark = pytest.mark.skipif(cuda_emu.asan_runtime() is None, reason="the C++ compiler has no AddressSanitizer runtime")
 
@@ -29,15 +22,12 @@ def build() -> str:
     from torch.utils import cpp_extension
 
     sources = [CSRC / "ops.cpp", *sorted(CSRC.glob("cpu/*.cpp"))]
-    digest = hashlib.sha256(torch.__version__.encode())
-    for p in sorted([*sources, *CSRC.glob("*.h"), *CSRC.glob("cpu/*.inc"), *CSRC.glob("cpu/*.h")]):
-        digest.update(p.name.encode() + p.read_bytes())
-    build_dir = Path(tempfile.gettempdir()) / f"scc_cpu_asan_{digest.hexdigest()[:16]}"
-    build_dir.mkdir(parents=True, exist_ok=True)
+    inputs = sorted([*sources, *CSRC.glob("*.h"), *CSRC.glob("cpu/*.inc"), *CSRC.glob("cpu/*.h")])
+    build_dir = cuda_emu.cache_dir("scc_cpu_asan", [p.name.encode() + p.read_bytes() for p in inputs])
     cpp_extension.load(
         name="scc_cpu_asan", sources=[str(s) for s in sources], build_directory=str(build_dir),
         is_python_module=False, verbose=False, extra_include_paths=[str(CSRC)],
-        extra_cflags=["-O1", "-fopenmp", "-fvisibility=hidden", "-fsanitize=address", "-fno-omit-frame-pointer"],
+        extra_cflags=["-O1", "-fopenmp", "-fvisibility=hidden", *cuda_emu.ASAN_FLAGS],
         extra_ldflags=["-fopenmp", "-fsanitize=address"],
     )
     return str(build_dir / "scc_cpu_asan.so")
@@ -45,15 +35,12 @@ def build() -> str:
 
 def test_cpu_kernels_stay_in_bounds():
     # built in a child too: loading the library registers torch.ops.scc, which this process has already
-    lib = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
-                          "import test_cpu_memcheck as m; print(m.build())"],
-                         env=cuda_emu.asan_env(), cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    lib = cuda_emu.run_child(["-c", "import test_cpu_memcheck as m; print(m.build())"], asan=True, timeout=1800)
     assert lib.returncode == 0, lib.stderr[-4000:]
-    env = {**cuda_emu.asan_env(), "SCC_KERNELS_LIB": lib.stdout.strip().splitlines()[-1]}
     # --capture=sys: the sanitizer writes to file descriptor 2, which pytest's default capture would swallow
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "--capture=sys",
-                           "tests/test_ops.py", "tests/test_bad_inputs.py"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    proc = cuda_emu.run_child(["-m", "pytest", "-x", "-p", "no:cacheprovider", "--capture=sys",
+                               "tests/test_ops.py", "tests/test_bad_inputs.py"],
+                              asan=True, env={"SCC_KERNELS_LIB": lib.stdout.strip().splitlines()[-1]})
     out = proc.stdout + proc.stderr
     assert "ERROR: AddressSanitizer" not in out, out[-6000:]
     assert proc.returncode == 0 and " passed" in proc.stdout, out[-6000:]

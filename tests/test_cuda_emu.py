@@ -202,9 +202,9 @@ def _overrun_child(shared: str, asan: str) -> None:
 def test_asan_finds_an_overrun(shared):
     # The same kernel runs unnoticed without the sanitizer (it reads whatever lies past the end) and is
     # stopped with it, pointing at the kernel: reads outside a tensor or outside shared memory are found.
-    plain = cuda_emu.run_child(__file__, ["_overrun_child", shared, "0"], asan=False)
+    plain = cuda_emu.run_child([__file__, "_overrun_child", shared, "0"], asan=False)
     assert plain.returncode == 0 and "finished True" in plain.stdout, plain.stderr[-3000:]
-    checked = cuda_emu.run_child(__file__, ["_overrun_child", shared, "1"], asan=True)
+    checked = cuda_emu.run_child([__file__, "_overrun_child", shared, "1"], asan=True)
     assert checked.returncode != 0 and "heap-buffer-overflow" in checked.stderr, checked.stderr[-3000:]
     assert "cuda::overrun(" in checked.stderr, checked.stderr[-3000:]  # the launch (the kernel is inlined)
 

@@ -8,36 +8,25 @@ wrong index inside the right one (the value tests see those)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-import torch
 
 import cuda_emu
 import scc_kernels  # noqa: F401  (the extension: does it have CUDA kernels)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GPU = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("scc::mutual_nn", "CUDA")
-
 pytestmark = [
     pytest.mark.skipif(cuda_emu.enabled() is not None, reason=f"the CUDA emulator is off ({cuda_emu.enabled()})"),
-    pytest.mark.skipif(GPU, reason="a GPU runs tests/test_cuda_ops.py on the real kernels (use compute-sanitizer)"),
+    pytest.mark.skipif(cuda_emu.real_cuda_kernels(),
+                       reason="a GPU runs tests/test_cuda_ops.py on the real kernels (use compute-sanitizer)"),
     pytest.mark.skipif(cuda_emu.asan_runtime() is None, reason="the C++ compiler has no AddressSanitizer runtime"),
 ]
 
 
 def test_cuda_kernels_stay_in_bounds():
-    env = cuda_emu.asan_env()
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests"), env.get("PYTHONPATH", "")])
     # bf16 left out: the kernels treat it as f16 (same element size, same vector widths and staging), and
-    # the instrumented run costs minutes
-    # --capture=sys: the sanitizer writes its report to file descriptor 2, which pytest's default capture
-    # would swallow with the process
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "--capture=sys",
-                           "-k", "not bf16", "tests/test_cuda_ops.py"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    # the instrumented run costs minutes. --capture=sys: the sanitizer writes its report to file
+    # descriptor 2, which pytest's default capture would swallow with the process.
+    proc = cuda_emu.run_child(["-m", "pytest", "-x", "-p", "no:cacheprovider", "--capture=sys", "-k", "not bf16",
+                               "tests/test_cuda_ops.py"], asan=True)
     out = proc.stdout + proc.stderr
     assert "ERROR: AddressSanitizer" not in out, out[-6000:]
     assert proc.returncode == 0 and " passed" in proc.stdout, out[-6000:]

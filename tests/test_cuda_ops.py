@@ -28,11 +28,11 @@ os.environ.setdefault("SCC_POISON", "1")  # read once, when the extension first 
 import scc_kernels  # noqa: E402,F401  (loads the extension and registers torch.ops.scc.*)
 from scc_kernels import reference as ref  # noqa: E402
 
-# the emulator also stands in on a GPU machine whose extension was built without nvcc
-EMULATED = not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("scc::mutual_nn", "CUDA"))
-if EMULATED:
-    import cuda_emu  # noqa: E402  (tests/cuda_emu)
+import cuda_emu  # noqa: E402  (tests/cuda_emu)
 
+# the emulator also stands in on a GPU machine whose extension was built without nvcc
+EMULATED = not cuda_emu.real_cuda_kernels()
+if EMULATED:
     if (why := cuda_emu.enabled()) is not None:
         pytest.skip(f"no CUDA device, and the CUDA emulator is off ({why})", allow_module_level=True)
     cuda_emu.load()

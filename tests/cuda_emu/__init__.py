@@ -130,16 +130,24 @@ def _emulator_files() -> list[Path]:
                    Path(__file__).resolve(), *HERE.glob("include/**/*.h")])
 
 
-def asan_runtime() -> str | None:
-    """The compiler's AddressSanitizer runtime (to LD_PRELOAD into Python), or None if it has none."""
+ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
+
+
+def _compiler_file(name: str) -> str | None:
+    """A library of the C++ compiler's (`c++ -print-file-name`), or None if it has none."""
     import shutil
     import subprocess
 
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         return None
-    path = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    path = subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
     return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+def asan_runtime() -> str | None:
+    """The compiler's AddressSanitizer runtime (to LD_PRELOAD into Python), or None if it has none."""
+    return _compiler_file("libasan.so")
 
 
 def asan_requested() -> bool:
@@ -147,26 +155,39 @@ def asan_requested() -> bool:
 
 
 def asan_env() -> dict[str, str]:
-    """Environment of a Python process that loads the instrumented build: the sanitizer's runtime (and the
+    """Environment of a Python process that loads an instrumented build: the sanitizer's runtime (and the
     C++ runtime, whose exceptions it intercepts) preloaded, leaks (the interpreter's) not reported."""
-    import subprocess
-
-    cxx = os.environ.get("CXX", "c++")
-    stdcxx = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True).stdout.strip()
-    preload = " ".join(p for p in (asan_runtime(), stdcxx) if p and os.path.isabs(p))
+    preload = " ".join(p for p in (asan_runtime(), _compiler_file("libstdc++.so")) if p)
     return {**os.environ, "LD_PRELOAD": preload, "SCC_CUDA_EMU_ASAN": "1",
             "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:abort_on_error=0"}
 
 
-def run_child(script: str, args: list[str], asan: bool, timeout: int = 1800):
-    """Runs `python script *args` (in the tests folder, so `import cuda_emu` works), instrumented or not."""
+def run_child(argv: list[str], asan: bool, env: dict[str, str] | None = None, timeout: int = 3600):
+    """Runs `python *argv` from the repository root with the tests folder importable (`import cuda_emu`),
+    under the sanitizer's runtime (asan_env) or without it; `env` adds variables."""
     import subprocess
     import sys
 
-    env = asan_env() if asan else {**os.environ, "SCC_CUDA_EMU_ASAN": "0"}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, script, *args], env=env, cwd=HERE.parent.parent, capture_output=True,
+    full = asan_env() if asan else {**os.environ, "SCC_CUDA_EMU_ASAN": "0"}
+    full.update(env or {})
+    full["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), full.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, *argv], env=full, cwd=HERE.parent.parent, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def real_cuda_kernels() -> bool:
+    """A GPU, and an extension built with its CUDA kernels (scc_kernels imported): the real kernels run."""
+    return torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("scc::mutual_nn", "CUDA")
+
+
+def cache_dir(name: str, blobs: list[bytes]) -> Path:
+    """A build folder under the temporary directory, named by the hash of torch's version and `blobs`."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for blob in blobs:
+        digest.update(blob)
+    path = Path(tempfile.gettempdir()) / f"{name}_{digest.hexdigest()[:16]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def build(name: str, sources: dict[str, str], asan: bool = False) -> None:
@@ -178,12 +199,9 @@ def build(name: str, sources: dict[str, str], asan: bool = False) -> None:
     if asan and "libasan" not in Path("/proc/self/maps").read_text():
         raise RuntimeError("cuda_emu: the AddressSanitizer build needs the sanitizer's runtime preloaded into "
                            "Python: run with the environment of cuda_emu.asan_env()")
-    digest = hashlib.sha256(torch.__version__.encode() + (b"asan" if asan else b""))
-    for p in _emulator_files():
-        digest.update(p.name.encode() + p.read_bytes())
-    for file, text in sorted(sources.items()):
-        digest.update(file.encode() + text.encode())
-    build_dir = Path(tempfile.gettempdir()) / f"{name}_{digest.hexdigest()[:16]}"
+    build_dir = cache_dir(name, [b"asan" if asan else b""]
+                          + [p.name.encode() + p.read_bytes() for p in _emulator_files()]
+                          + [file.encode() + text.encode() for file, text in sorted(sources.items())])
     src_dir = build_dir / "src"
     src_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -201,7 +219,7 @@ def build(name: str, sources: dict[str, str], asan: bool = False) -> None:
         # -U_FORTIFY_SOURCE: its longjmp check refuses the jumps between fiber stacks
         extra_cflags=["-O1", "-std=c++20", "-fno-strict-aliasing", "-fvisibility=hidden", "-U_FORTIFY_SOURCE",
                       "-Dscc=scc_emu", "-include", str(HERE / "cuda_emu.h")]
-        + (["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []),
+        + (ASAN_FLAGS if asan else []),
         extra_ldflags=["-fsanitize=address"] if asan else None,
     )
 
