@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from . import config as cfgmod
-from .data import make_dataset
-from .evaluate import EvalConfig, evaluate, format_table, write_report
+from .data import KEYPOINT_DATASETS, make_dataset
+from .evaluate import THRESHOLDS, EvalConfig, evaluate, format_table, write_report
 from .model import ModelConfig, SCCNet
 
 
@@ -26,7 +26,8 @@ def _model(args) -> SCCNet:
 
 def cmd_eval(args) -> int:
     cfg = cfgmod.load(EvalConfig, args.config, args.set, dict(dataset=args.dataset, data=args.data, device=args.device,
-                                                            max_pairs=args.max_pairs, img_size=args.img_size))
+                                                            max_pairs=args.max_pairs, img_size=args.img_size,
+                                                            threshold=args.threshold))
     torch.manual_seed(cfg.seed)
     model = _model(args)
     report = evaluate(model, make_dataset(cfg.dataset, cfg.data, cfg.img_size), cfg)
@@ -50,12 +51,12 @@ def cmd_match(args) -> int:
     from .data.common import load_image, resize_longer
     from .visualize import draw_matches, draw_transfer
 
-    device = torch.device(args.device)
+    device = torch.device(args.device or "cpu")
     model = _model(args).to(device).eval()
     if args.pair is not None:
         if not args.dataset or not args.data:
             raise SystemExit("scc: --pair needs --dataset and --data")
-        from .evaluate import threshold_size
+        from .evaluate import threshold_kind, threshold_size
 
         ds = make_dataset(args.dataset, args.data, args.img_size)
         item = ds[args.pair]
@@ -65,10 +66,11 @@ def cmd_match(args) -> int:
             n = item["n_pts"]
             pred = model.transfer_keypoints(item["src_kps"][None].to(device), out)[0, :n].cpu()
         batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in item.items()}
-        thr = 0.1 * threshold_size(batch, "bbox-kp")
+        kind = threshold_kind("auto", ds)
+        thr = 0.1 * threshold_size(batch, kind)
         draw_transfer(src, trg, item["src_kps"][:n], item["trg_kps"][:n], pred, thr, args.out,
                       title=f"{item['category']}: {item['src_imname']} -> {item['trg_imname']} "
-                            f"(green: within 0.1 bbox-kp)")
+                            f"(green: within 0.1 {kind})")
         print(f"wrote {args.out}")
         return 0
     if not args.images or len(args.images) != 2:
@@ -99,11 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model-config", help="YAML file with ModelConfig fields")
         p.add_argument("--set-model", action="append", default=[], metavar="KEY=VALUE",
                        help="override a ModelConfig field, e.g. --set-model vote=false (repeatable)")
-        p.add_argument("--device", default="cpu", help="cpu or cuda")
+        # None: the config's device (eval: EvalConfig.device, default cpu), so --set/--config device= is kept
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
         p.add_argument("--img-size", type=int, default=320, help="longer image side in pixels (aspect kept)")
 
     e = sub.add_parser("eval", help="PCK on a keypoint dataset; prints the table and writes a JSON report")
-    e.add_argument("--dataset", help="pf-willow | pf-pascal | spair | tss-free")
+    e.add_argument("--dataset", help=" | ".join(KEYPOINT_DATASETS))
+    e.add_argument("--threshold", choices=("auto",) + THRESHOLDS,
+                   help="PCK threshold T (default auto: the dataset's standard; bbox-kp for pf-willow, img for "
+                        "pf-pascal and tss, bbox for spair)")
     e.add_argument("--data", help="dataset folder")
     e.add_argument("--config", help="YAML file with EvalConfig fields")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an EvalConfig field")

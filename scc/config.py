@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from .io import atomic_write_text
+
 
 def _coerce(value, current, ftype, key):
     if isinstance(value, str):
@@ -84,4 +86,4 @@ def from_dict(cls, data: dict):
 
 
 def save_yaml(cfg, path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from . import config as cfgmod
+from .io import atomic_write_json, atomic_write_text
 
 
 @dataclasses.dataclass
@@ -211,9 +212,9 @@ def _write_report(cfg, out, reports, summary, quality, pics, seconds) -> None:
                   f"{quality['affine_residual_px']:.1f} px): " + ", ".join(
                       f"@{a} {quality[f'precision@{a}']:.3f}" for a in (0.05, 0.1, 0.15)), ""]
     lines += ["## Pictures", ""] + [f"![{p}](pictures/{p})" for p in pics] + [""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     if quality is not None:
-        (out / "pseudo-label-precision.json").write_text(json.dumps(quality, indent=1))
+        atomic_write_json(out / "pseudo-label-precision.json", quality)
 
 
 def main(argv=None) -> int:

@@ -32,11 +32,28 @@ class EvalConfig:
     data: str = "../shared/data/pf-willow"
     img_size: int = 320  # longer side of the evaluated images (aspect kept)
     alphas: tuple = (0.05, 0.1, 0.15)
-    threshold: str = "bbox-kp"  # img | bbox | bbox-kp
+    # auto = the dataset's standard protocol (its reader's `pckthres_kind`): bbox-kp for PF-WILLOW, img for
+    # PF-PASCAL and TSS, bbox for SPair-71k; or one of img | bbox | bbox-kp for every dataset
+    threshold: str = "auto"
     max_pairs: int = 0  # evaluate at most this many pairs (0 = all)
     every: int = 1  # evaluate every k-th pair (evenly spaced subsets: every=5 is 180 of PF-WILLOW's 900)
     device: str = "cpu"
     seed: int = 0
+
+
+def threshold_kind(cfg_threshold: str, dataset) -> str:
+    """The threshold an evaluation uses: ``cfg_threshold``, or with "auto" the dataset's standard one."""
+    if cfg_threshold == "auto":
+        while isinstance(dataset, torch.utils.data.Subset):
+            dataset = dataset.dataset
+        kind = getattr(dataset, "pckthres_kind", None)
+        if kind is None:
+            raise ValueError(f"scc: EvalConfig.threshold='auto' needs a dataset with a `pckthres_kind` "
+                             f"({type(dataset).__name__} has none); set threshold to one of {THRESHOLDS}")
+        return kind
+    if cfg_threshold not in THRESHOLDS:
+        raise ValueError(f"scc: EvalConfig.threshold must be 'auto' or one of {THRESHOLDS}, got {cfg_threshold!r}")
+    return cfg_threshold
 
 
 def threshold_size(batch: dict, kind: str, i: int = 0) -> float:
@@ -100,6 +117,7 @@ def evaluate(model, dataset, cfg: EvalConfig, progress: bool = True) -> dict:
     acc = PCKAccumulator(cfg.alphas)
     if cfg.every < 1:
         raise ValueError(f"scc: EvalConfig.every must be >= 1, got {cfg.every}")
+    kind = threshold_kind(cfg.threshold, dataset)
     indices = list(range(0, len(dataset), cfg.every))[: cfg.max_pairs or None]
     n = len(indices)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=1,
@@ -108,18 +126,28 @@ def evaluate(model, dataset, cfg: EvalConfig, progress: bool = True) -> dict:
     for batch in tqdm(loader, total=n, desc=f"eval {cfg.dataset}", disable=not progress, unit="pair"):
         out = model.match(batch["src_img"].to(device), batch["trg_img"].to(device))
         pred = model.transfer_keypoints(batch["src_kps"].to(device), out).cpu()
-        thr = threshold_size(batch, cfg.threshold)
+        thr = threshold_size(batch, kind)
         acc.add(batch["category"][0], pck_counts(pred[0], batch["trg_kps"][0], int(batch["n_pts"][0]), thr, cfg.alphas))
     report = acc.summary()
     report["protocol"] = dict(
-        threshold=cfg.threshold, threshold_image="target", alphas=list(cfg.alphas),
-        image_size=f"longer side {cfg.img_size} px, aspect kept", averages=["per_image", "per_point"],
+        threshold=kind, threshold_image="target", alphas=list(cfg.alphas),
+        image_size=_image_size(dataset, cfg), averages=["per_image", "per_point"],
         test_time_tricks="none (no flips, no multi-scale)", pairs_evaluated=n, pairs_in_dataset=len(dataset),
     )
     report["seconds"] = round(time.time() - t0, 1)
     report["eval_config"] = cfgmod.to_dict(cfg)
     report["model"] = model.identity()
     return report
+
+
+def _image_size(dataset, cfg: EvalConfig) -> str:
+    """What the report says about the evaluated resolution: the dataset's own setting, not the config's."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    size = getattr(dataset, "img_size", cfg.img_size)
+    if not size:
+        return "original size"
+    return f"{size} x {size} px (square)" if getattr(dataset, "square", False) else f"longer side {size} px, aspect kept"
 
 
 def format_table(report: dict) -> str:

@@ -84,6 +84,8 @@ class SCCNet(nn.Module):
         super().__init__()
         self.config = cfg = config or ModelConfig()
         self.backbone = Backbone(cfg.backbone, cfg.feature_stages, cfg.backbone_weights)
+        # Frozen unless asked (`net.backbone.requires_grad_(True)`, or TrainConfig.unfreeze_backbone): see train()
+        self.backbone.requires_grad_(False)
         in_dim = sum(self.backbone.channels)
         if cfg.proj_dim < -1:
             raise ValueError(f"scc: ModelConfig.proj_dim must be >= -1, got {cfg.proj_dim}")
@@ -96,6 +98,15 @@ class SCCNet(nn.Module):
         self.bin_logit = nn.Parameter(torch.tensor(float(cfg.bin_init))) if cfg.unmatched_bin else None
         self.stride = cfg.stride
 
+    def train(self, mode: bool = True) -> "SCCNet":
+        """As nn.Module.train, except that a frozen backbone (no parameter requiring grad) stays in eval mode:
+        its BatchNorm layers keep their ImageNet statistics, so `net.train()` in a user's training loop neither
+        makes match() depend on the batch nor overwrites the running statistics."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()
+        return self
+
     @property
     def feature_dim(self) -> int:
         return self.proj.out_channels if self.proj is not None else sum(self.backbone.channels)
@@ -106,6 +117,15 @@ class SCCNet(nn.Module):
         training feature cache stores."""
         if img.dim() != 4 or img.shape[1] != 3:
             raise ValueError(f"scc: images must have shape (B, 3, H, W), got {tuple(img.shape)}")
+        if not img.is_floating_point():
+            raise ValueError(f"scc: images must be floating point in [0, 1], got dtype {img.dtype} (divide uint8 by 255)")
+        # the backbone normalises itself: already mean/std-normalised images (DHPF, CATs batches) give wrong
+        # features without any error, so they are refused (small margin for resampling overshoot); a
+        # data-dependent check, so not inside a compiled graph
+        lo, hi = torch.aminmax(img.detach()) if not torch.compiler.is_compiling() else (0, 1)
+        if lo < -0.1 or hi > 1.1:
+            raise ValueError(f"scc: images must be in [0, 1] (SCCNet applies the backbone's mean/std itself), got "
+                             f"values in [{float(lo):.2f}, {float(hi):.2f}]; pass un-normalised images")
         h, w = math.ceil(img.shape[2] / self.stride), math.ceil(img.shape[3] / self.stride)
         feats = [F.normalize(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False), dim=1)
                  for f in self.backbone(img)]
@@ -179,6 +199,10 @@ class SCCNet(nn.Module):
     def match_features(self, fs, ft, mask_s=None, mask_t=None) -> dict:
         cfg = self.config
         corr = self.filtered_volume(fs, ft)
+        if corr.dtype != torch.float32 and corr.dtype != torch.float64:
+            # under autocast the correlation comes out in bf16/fp16: voting, probabilities and the flow are
+            # computed in fp32 (bf16 is 2 px apart between 256 and 512 px, and moves argmaxes)
+            corr = corr.float()
         b, hs, ws, ht, wt = corr.shape
         g = K.masked_vote(corr, mask_s, mask_t, cfg.vote_mode, cfg.vote_radius, cfg.vote_sigma) if cfg.vote else None
         unmatched = None
@@ -195,7 +219,20 @@ class SCCNet(nn.Module):
         return dict(corr=corr, P=P, P_unmatched=unmatched, flow=flow, conf=conf, fs=fs, ft=ft, g=g)
 
     def transfer_keypoints(self, src_kps: torch.Tensor, out: dict) -> torch.Tensor:
-        """src_kps: (B, N, 2) source pixels (x, y) -> (B, N, 2) target pixels (see ModelConfig.transfer)."""
+        """src_kps: (B, N, 2) source pixels (x, y) -> (B, N, 2) target pixels (see ModelConfig.transfer).
+        Padded keypoints (the field pads to a fixed N with -1 or -2) come back as some target pixel: use
+        ``n_pts`` to take the first n_pts of each row."""
+        b = out["flow"].shape[0]
+        if src_kps.dim() != 3 or src_kps.shape[0] != b or src_kps.shape[2] != 2:
+            hint = " (DHPF/CATs keep keypoints as (B, 2, N): pass src_kps.transpose(1, 2))" if (
+                src_kps.dim() == 3 and src_kps.shape[1] == 2) else ""
+            raise ValueError(f"scc: src_kps must have shape (B={b}, N, 2) in pixels (x, y), got "
+                             f"{tuple(src_kps.shape)}{hint}")
+        # pixel coordinates stay fp32 under autocast (bf16 is 2 px apart between 256 and 512 px)
+        with torch.autocast(out["flow"].device.type, enabled=False):
+            return self._transfer(src_kps.float(), out)
+
+    def _transfer(self, src_kps: torch.Tensor, out: dict) -> torch.Tensor:
         if self.config.transfer == "flow":
             return transfer_keypoints(out["flow"], src_kps, self.stride)
         if self.config.transfer != "probability":
@@ -227,7 +264,8 @@ class SCCNet(nn.Module):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"scc: checkpoint not found: {path}")
         try:
-            payload = torch.load(path, map_location=map_location, weights_only=False)
+            # weights_only: a checkpoint from someone else must not be able to run code on load
+            payload = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:
             raise ValueError(f"scc: cannot read checkpoint {path}: {exc}") from exc
         if not isinstance(payload, dict) or payload.get("format") != "scc.SCCNet/1":
@@ -239,4 +277,4 @@ class SCCNet(nn.Module):
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"scc: checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}")
-        return net
+        return net.eval()  # for inference; a training loop calls train() itself

@@ -25,6 +25,22 @@ def test_scc_eval_writes_report_and_configs(tmp_path, capsys):
     assert "| duck(S) | 1 |" in capsys.readouterr().out
 
 
+def test_scc_eval_flags_and_config_fields(tmp_path):
+    from scc import config as cfgmod
+    from scc.cli import build_parser
+    from scc.evaluate import EvalConfig
+
+    # a flag that is not given must not override --set / --config (device was always forced to cpu)
+    args = build_parser().parse_args(["eval", "--set", "device=cuda:1"])
+    assert args.device is None and args.threshold is None
+    root = write_willow(tmp_path / "willow", size=(96, 64))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--dataset", "pf-willow", "--data", str(root), "--img-size", "64", "--out", str(out),
+                 "--set-model", "vote_radius=1", "--threshold", "img"]) == 0
+    assert json.loads(out.read_text())["protocol"]["threshold"] == "img"
+    assert cfgmod.load(EvalConfig, out.with_suffix(".eval.yaml")).threshold == "img"
+
+
 def test_scc_eval_bad_input(tmp_path, capsys):
     assert main(["eval", "--dataset", "pf-willow", "--data", str(tmp_path / "missing")]) == 2
     assert "PF-WILLOW folder not found" in capsys.readouterr().err

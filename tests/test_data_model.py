@@ -244,3 +244,53 @@ def test_projection_pca_initialisation_keeps_the_principal_subspace():
     assert f.shape[1] == 8 and torch.isfinite(f).all()
     with pytest.raises(ValueError, match="proj_dim > 0"):
         SCCNet(ModelConfig(backbone_weights=None)).init_projection_pca(imgs)
+
+
+def test_sccnet_for_other_code_bases():
+    """What a user of `from scc.model import SCCNet` trips over: train() on a frozen backbone, the dtype under
+    autocast, DHPF/CATs-style inputs."""
+    from scc.model import ModelConfig, SCCNet
+
+    net = SCCNet(ModelConfig(backbone_weights=None, vote_radius=1))
+    net.train()
+    assert net.training and not net.backbone.training  # frozen: BatchNorm keeps its statistics
+    bn = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    src, trg = torch.rand(2, 3, 48, 64), torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        out = net.match(src, trg)
+    assert torch.equal(bn.running_mean, before)
+    net.backbone.requires_grad_(True)  # fine-tuning: the backbone follows train()
+    assert net.train().backbone.training
+    net.backbone.requires_grad_(False)
+    net.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net.match(src, trg)
+        kps = net.transfer_keypoints(torch.tensor([[[10.0, 10.0]], [[30.0, 20.0]]]), low)
+    assert low["flow"].dtype == low["P"].dtype == kps.dtype == torch.float32
+    with pytest.raises(ValueError, match=r"\(B=2, N, 2\).*transpose"):
+        net.transfer_keypoints(torch.rand(2, 2, 5) * 40, out)
+    with pytest.raises(ValueError, match=r"src_kps must have shape"):
+        net.transfer_keypoints(torch.rand(5, 2), out)
+    with pytest.raises(ValueError, match="floating point"):
+        net.match((src * 255).to(torch.uint8), trg)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        net.match((src - mean) / std, trg)
+
+
+def test_checkpoint_loads_for_inference_without_pickle_code(tmp_path):
+    from scc.model import ModelConfig, SCCNet
+
+    net = SCCNet(ModelConfig(backbone_weights=None, proj_dim=8))
+    path = tmp_path / "m.pt"
+    net.save(str(path), extra=dict(step=3, note="plain values only"))
+    assert not SCCNet.from_checkpoint(str(path)).training
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save(dict(format="scc.SCCNet/1", config={}, state_dict={}, x=Evil()), path)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        SCCNet.from_checkpoint(str(path))

@@ -14,6 +14,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from scc.data import make_dataset
+from scc.evaluate import threshold_size
 from scc.data.imagefolder import ImageFolderPairs
 from scc.data.pfpascal import PFPascal
 from scc.data.spair import SPair, parse_entry
@@ -50,7 +51,10 @@ def test_pfpascal_fixture(tmp_path):
     assert it["category"] == "cat" and it["n_pts"] == 2  # keypoints visible in both images only
     assert torch.equal(it["src_kps"][:2], torch.tensor([[1.0, 2.0], [5.0, 6.0]]))
     assert torch.equal(it["trg_kps"][:2], torch.tensor([[10.0, 20.0], [50.0, 60.0]]))
-    assert it["pckthres"] == 40.0  # target bbox 4..44 x 8..28
+    # the field's PF-PASCAL threshold: the target image's longer side (80 x 60); the box one is 40
+    assert it["pckthres"] == max(it["trg_img"].shape[1:]) == 80.0
+    batch = {k: (v[None] if isinstance(v, torch.Tensor) else [v]) for k, v in it.items()}
+    assert threshold_size(batch, "bbox") == 40.0  # target bbox 4..44 x 8..28
 
 
 def test_pfpascal_bad_files(tmp_path):

@@ -76,3 +76,36 @@ def test_every_and_max_pairs_pick_evenly_spaced_pairs():
     assert seen == [0, 3]
     with pytest.raises(ValueError, match="every"):
         evaluate(net, wrapper, EvalConfig(dataset="synthetic", every=0), progress=False)
+
+
+def test_threshold_auto_is_each_datasets_protocol():
+    from scc.data.pfpascal import PFPascal
+    from scc.data.pfwillow import PFWillow
+    from scc.data.spair import SPair
+    from scc.data.synthetic import SyntheticPairs
+    from scc.data.tss import TSS
+    from scc.evaluate import threshold_kind
+
+    # the field's protocols (DHPF's "auto"; PF-WILLOW over valid keypoints only, see the data README)
+    assert {c.__name__: threshold_kind("auto", c) for c in (PFWillow, PFPascal, SPair, TSS, SyntheticPairs)} == {
+        "PFWillow": "bbox-kp", "PFPascal": "img", "SPair": "bbox", "TSS": "img", "SyntheticPairs": "bbox-kp"}
+    ds = SyntheticPairs(num_classes=2, num_pairs=4, img_size=32)
+    assert threshold_kind("auto", torch.utils.data.Subset(torch.utils.data.Subset(ds, [0, 1]), [0])) == "bbox-kp"
+    assert threshold_kind("img", ds) == "img"
+    with pytest.raises(ValueError, match="threshold must be 'auto' or one of"):
+        threshold_kind("box", ds)
+    with pytest.raises(ValueError, match="has none"):
+        threshold_kind("auto", [])
+
+
+def test_report_records_the_threshold_and_size_actually_used():
+    from scc.data.synthetic import SyntheticPairs
+    from scc.evaluate import EvalConfig, evaluate
+    from scc.model import ModelConfig, SCCNet
+
+    ds = SyntheticPairs(num_classes=2, num_pairs=2, img_size=48, seed=1)
+    net = SCCNet(ModelConfig(backbone_weights=None, vote=False))
+    rep = evaluate(net, ds, EvalConfig(dataset="synthetic", img_size=320), progress=False)
+    assert rep["protocol"]["threshold"] == "bbox-kp" and rep["protocol"]["image_size"].startswith("longer side 48 px")
+    rep = evaluate(net, ds, EvalConfig(dataset="synthetic", threshold="img"), progress=False)
+    assert rep["protocol"]["threshold"] == "img"

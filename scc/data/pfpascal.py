@@ -4,8 +4,8 @@
     <root>/JPEGImages/<name>.jpg
     <root>/Annotations/<class name>/<name>.mat   with `kps` (N, 2; NaN rows = invisible) and `bbox` (1, 4)
 
-Keypoints invisible in either image are dropped (as the field does). The standard threshold is
-``bbox`` (target box) or ``img``; the evaluator takes either.
+Keypoints invisible in either image are dropped (as the field does). The field's threshold is ``img``
+(alpha * the target image's longer side: DHPF, CHM, CATs); the evaluator also takes ``bbox`` (target box).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def read_mat(path: Path, key: str) -> np.ndarray:
 
 
 class PFPascal(Dataset):
+    pckthres_kind = "img"  # the field's PF-PASCAL protocol (DHPF, CHM, CATs: alpha * max image side)
     def __init__(self, root: str, split: str = "test", img_size: int | None = 320):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -86,4 +87,4 @@ class PFPascal(Dataset):
         if not keep.any():
             raise ValueError(f"scc: PF-PASCAL pair {src} -> {trg} has no keypoint visible in both images")
         return pair_item(load_image(self.root / "JPEGImages" / src), load_image(self.root / "JPEGImages" / trg),
-                         skp[keep], tkp[keep], cls, src, trg, self.img_size, sbox, tbox, pckthres_kind="bbox")
+                         skp[keep], tkp[keep], cls, src, trg, self.img_size, sbox, tbox, pckthres_kind=self.pckthres_kind)

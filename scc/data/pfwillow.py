@@ -20,6 +20,7 @@ N_KPS = 10
 
 
 class PFWillow(Dataset):
+    pckthres_kind = "bbox-kp"  # no object boxes: the box of the valid target keypoints (data README)
     def __init__(self, root: str, img_size: int | None = 320, pairs_file: str = "test_pairs.csv"):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -65,4 +66,4 @@ class PFWillow(Dataset):
         a, b, src_kps, trg_kps = self.pairs[idx]
         category = Path(a).parent.name
         return pair_item(load_image(self.root / a), load_image(self.root / b), src_kps, trg_kps, category,
-                         a, b, self.img_size, pckthres_kind="bbox-kp")
+                         a, b, self.img_size, pckthres_kind=self.pckthres_kind)

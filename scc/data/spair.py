@@ -33,6 +33,7 @@ class SPair(Dataset):
     A training feature cache sets ``with_images = False``: items then skip decoding the images."""
 
     with_images: bool = True
+    pckthres_kind = "bbox"  # the annotated target box (the field's SPair-71k protocol)
 
     def __init__(self, root: str, split: str = "test", img_size: int | None = 320, square: bool = False):
         if square and not img_size:
@@ -90,6 +91,6 @@ class SPair(Dataset):
         item = pair_item(read(img_dir / f"{src}.jpg"), read(img_dir / f"{trg}.jpg"),
                          torch.tensor(ann["src_kps"], dtype=torch.float32), torch.tensor(ann["trg_kps"], dtype=torch.float32),
                          category, f"{src}.jpg", f"{trg}.jpg", self.img_size, ann["src_bndbox"], ann["trg_bndbox"],
-                         pckthres_kind="bbox", square=self.square, with_images=self.with_images)
+                         pckthres_kind=self.pckthres_kind, square=self.square, with_images=self.with_images)
         item.update(src_key=f"{category}/{src}.jpg", trg_key=f"{category}/{trg}.jpg")
         return item

@@ -52,6 +52,8 @@ class SyntheticPairs(Dataset):
     """Pairs of instances of procedurally generated classes. Keypoint-dataset batch dicts with
     ``label`` (class index); bbox = keypoint box; threshold ``bbox-kp``."""
 
+    pckthres_kind = "bbox-kp"
+
     def __init__(self, num_classes: int = 8, num_pairs: int = 200, img_size: int = 128, seed: int = 0,
                  warp: float = 0.03, max_rotation: float = 25.0):
         if num_classes < 1:
@@ -119,7 +121,7 @@ class SyntheticPairs(Dataset):
         (a, ka), (b, kb) = self.render(c, rng), self.render(c, rng)
         item = pair_item(a, b, torch.tensor(ka, dtype=torch.float32), torch.tensor(kb, dtype=torch.float32),
                          self.classes[c], f"{self.classes[c]}/{idx}a", f"{self.classes[c]}/{idx}b", None,
-                         pckthres_kind="bbox-kp")
+                         pckthres_kind=self.pckthres_kind)
         item["label"] = c
         return item
 

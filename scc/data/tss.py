@@ -34,6 +34,7 @@ def read_flo(path: Path) -> np.ndarray:
 
 
 class TSS(Dataset):
+    pckthres_kind = "img"
     def __init__(self, root: str, img_size: int | None = 320, grid: int = 8):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -66,4 +67,4 @@ class TSS(Dataset):
         src_kps = torch.tensor(np.stack([xs, ys], 1), dtype=torch.float32)
         trg_kps = src_kps + torch.from_numpy(flow[ys, xs])
         return pair_item(src, trg, src_kps, trg_kps, d.parent.name, f"{d.name}/image{k}.png", f"{d.name}/image{o}.png",
-                         self.img_size, pckthres_kind="img")
+                         self.img_size, pckthres_kind=self.pckthres_kind)
