@@ -9,7 +9,10 @@ Weak (class labels only):
                   and a hinge MIL loss: top-k% of m_pos inside the mask above top-k% of m_neg;
   pixel level  -- online pseudo-labels from masked voting + calibration (confident, mutual, inside both
                   masks; no gradient through them) supervise the appearance distribution softmax_j(C / tau),
-                  with a weight ramped up after a warm-up.
+                  with a weight ramped up after a warm-up;
+  "no match" bin -- with ModelConfig.unmatched_bin, the bin logit z is learned with the pixel loss: the
+                  calibrated probability of the pseudo-label at its source position against the bin's share
+                  at every source position of the different-class pairs (volumes detached: z alone).
 Strong (keypoints; also pseudo-labels written in the SPair-71k layout): cross-entropy of softmax_j(C / tau)
 at the source keypoints' cells against the target keypoints' cells.
 """
@@ -48,6 +51,7 @@ class LossConfig:
     # where pseudo-labels come from: "calibrated" (the cascade: calibrated probabilities, p_min threshold) or
     # "vote" (the ablation without calibration: argmax of corr * g, mutual and inside the masks, no threshold)
     pseudo_source: str = "calibrated"
+    lambda_bin: float = 1.0  # weight of the "no match" bin's loss (only with ModelConfig.unmatched_bin)
 
 
 def features(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,10 +112,15 @@ def region_loss(m_pos, m_neg, mask, cfg: LossConfig) -> torch.Tensor:
     return F.relu(top_neg - top_pos + cfg.region_margin).mean()
 
 
-@torch.no_grad()
 def pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=None):
     """Online pixel pseudo-labels: j* = argmax_j P_ij where P_ij* > p_min, the match is mutual (i is the
     argmax of the backward distribution at j*) and lies inside both masks. -> (target (B, Ns), valid (B, Ns))."""
+    return _pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg, bin_logit)[:2]
+
+
+@torch.no_grad()
+def _pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=None):
+    """pseudo_labels, and the vote g (B, hs, ws, ht, wt) they came from."""
     b, hs, ws, ht, wt = corr.shape
     g = K.masked_vote(corr, mask_s, mask_t, model_cfg.vote_mode, model_cfg.vote_radius, model_cfg.vote_sigma)
     if cfg.pseudo_source == "calibrated":
@@ -128,7 +137,21 @@ def pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=No
     i = torch.arange(hs * ws, device=corr.device).expand(b, -1)
     mutual = back.gather(1, j) == i
     inside = (mask_s.flatten(1) > cfg.mask_min) & (mask_t.flatten(1).gather(1, j) > cfg.mask_min)
-    return j, (conf > p_min) & mutual & inside
+    return j, (conf > p_min) & mutual & inside, g
+
+
+def bin_loss(corr_pos, g_pos, target, valid, corr_neg, model_cfg, bin_logit) -> torch.Tensor:
+    """Loss of the "no match" logit z (volumes detached, so z alone learns): at the pseudo-labelled source
+    positions of same-class pairs -log P_ij*, at every source position of the different-class pairs
+    -log P_unmatched; the two halves weigh the same, so z settles where the bin separates them."""
+    lam, tau = model_cfg.lam, model_cfg.tau
+    P, _ = K.calibrate(corr_pos.detach(), g_pos, lam, tau, bin_logit)
+    pos = -torch.log(P.gather(2, target[..., None])[..., 0][valid].clamp_min(1e-30)).mean()
+    corr_neg = corr_neg.detach()
+    g_neg = K.masked_vote(corr_neg, None, None, model_cfg.vote_mode, model_cfg.vote_radius, model_cfg.vote_sigma)
+    _, unmatched = K.calibrate(corr_neg, g_neg, lam, tau, bin_logit)
+    neg = -torch.log(unmatched.clamp_min(1e-30)).mean()
+    return 0.5 * (pos + neg)
 
 
 def pixel_loss(corr: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, tau: float) -> torch.Tensor:
@@ -181,11 +204,14 @@ class WeakSupervision:
             mask_s, mask_t = torch.ones_like(ms_pos), torch.ones_like(mt_pos)
         w = pixel_weight(step, cfg) if self.use_pixel else 0.0
         if w > 0:
-            target, valid = pseudo_labels(corr_pos.detach(), mask_s.detach(), mask_t.detach(), model.config, cfg,
-                                          model.bin_logit)
+            target, valid, g = _pseudo_labels(corr_pos.detach(), mask_s.detach(), mask_t.detach(), model.config, cfg,
+                                              model.bin_logit)
             terms["pixel"] = pixel_loss(corr_pos, target, valid, cfg.tau)
             terms["pseudo_labels_per_pair"] = valid.float().sum(1).mean().detach()
             total = total + w * terms["pixel"]
+            if model.bin_logit is not None and cfg.lambda_bin > 0 and valid.any():
+                terms["bin"] = bin_loss(corr_pos, g, target, valid, corr_neg, model.config, model.bin_logit)
+                total = total + cfg.lambda_bin * terms["bin"]
         terms["s_pos"], terms["s_neg"] = s_pos.mean().detach(), s_neg.mean().detach()
         # what the first pair looked like (training draws it now and then): masks and the volume
         self.last = dict(corr=corr_pos[:1].detach(), mask_s=mask_s[:1].detach(), mask_t=mask_t[:1].detach())

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from scc.losses import (LossConfig, StrongSupervision, WeakSupervision, image_loss, matchability, negative_index,
-                        pair_score, pixel_loss, pixel_weight, pseudo_labels, region_masks)
+                        bin_loss, pair_score, pixel_loss, pixel_weight, pseudo_labels, region_masks)
 from scc.model import ModelConfig, SCCNet
 
 
@@ -102,3 +102,38 @@ def test_strong_supervision_keypoint_loss():
     assert terms["keypoints"] == 2 and torch.isfinite(loss)
     loss.backward()
     assert net.proj.weight.grad.abs().sum() > 0
+
+
+def test_bin_loss_trains_the_unmatched_logit_towards_the_split():
+    """z is pushed up when the different-class pairs' positions are matched too confidently, down when the
+    pseudo-labels lose probability to the bin; only z gets a gradient."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vote_radius=1, lam=1.0, tau=0.1)
+    corr_pos = torch.rand(2, 3, 4, 3, 5) * 0.2
+    target = torch.randint(0, 15, (2, 12))
+    corr_pos.view(2, 12, 15).scatter_(2, target[..., None], 0.9)  # clear matches
+    valid = torch.rand(2, 12) > 0.3
+    corr_neg = torch.rand(2, 3, 4, 3, 5) * 0.2  # nothing stands out
+    g_pos = torch.ones_like(corr_pos)
+
+    def grad_at(z):
+        z = torch.tensor(float(z), requires_grad=True)
+        bin_loss(corr_pos.requires_grad_(), g_pos, target, valid, corr_neg, cfg, z).backward()
+        assert corr_pos.grad is None  # the volumes are detached: the bin loss trains z alone
+        return z.grad.item()
+
+    assert grad_at(-20.0) < 0 < grad_at(20.0)  # gradient descent moves z up from -20, down from 20
+
+
+def test_weak_supervision_learns_the_bin():
+    torch.manual_seed(0)
+    net = SCCNet(ModelConfig(backbone_weights=None, proj_dim=8, unmatched_bin=True, vote_radius=1))
+    batch = dict(src_img=torch.rand(3, 3, 48, 48), trg_img=torch.rand(3, 3, 48, 48), label=torch.tensor([0, 1, 1]))
+    weak = WeakSupervision(LossConfig(pixel_warmup=0, pixel_ramp=0, p_min=0.0, mask_min=0.0))
+    loss, terms = weak.loss(net, batch, 5)
+    assert "bin" in terms
+    loss.backward()
+    assert net.bin_logit.grad is not None and net.bin_logit.grad.abs() > 0
+    _, terms = WeakSupervision(LossConfig(pixel_warmup=0, pixel_ramp=0, p_min=0.0, mask_min=0.0, lambda_bin=0.0)).loss(
+        net, batch, 5)
+    assert "bin" not in terms
