@@ -112,7 +112,7 @@ def run(cfg: DemoConfig) -> Path:
                            max_per_class=cfg.train_per_class, steps=cfg.weak_steps, lr=cfg.weak_lr, seed=cfg.seed,
                            device=cfg.device, out=str(out / "weak"), proj_init="identity", tensorboard=False,
                            warmup_steps=min(50, cfg.weak_steps // 10), ckpt_every=max(cfg.weak_steps, 1),
-                           model=ModelConfig(proj_dim=-1))
+                           model=ModelConfig(proj_dim=-1), overwrite=True)  # a rerun of the demo starts afresh
     if root is None:  # the pixel loss warms up within the short synthetic run
         weak_cfg.loss.pixel_warmup, weak_cfg.loss.pixel_ramp = cfg.weak_steps // 4, cfg.weak_steps // 4
     weak = Trainer(weak_cfg)
@@ -139,7 +139,7 @@ def run(cfg: DemoConfig) -> Path:
                                      device=cfg.device, out=str(out / "strong"),
                                      init_checkpoint=str(out / "weak" / "model.pt"), tensorboard=False,
                                      warmup_steps=min(50, cfg.strong_steps // 10),
-                                     ckpt_every=max(cfg.strong_steps, 1), lr=1e-4))
+                                     ckpt_every=max(cfg.strong_steps, 1), lr=1e-4, overwrite=True))
         strong.run()
         measure("strong-on-pseudo-labels", strong.model)
     else:
@@ -156,7 +156,7 @@ def run(cfg: DemoConfig) -> Path:
 
 def _pictures(cfg, out, eval_set, model, name, ecfg, labeler) -> list[str]:
     from .data.common import collate_single, load_image, resize_longer
-    from .evaluate import threshold_size
+    from .evaluate import threshold_kind, threshold_size
     from .pseudolabel import read_layout
     from .visualize import draw_matches, draw_transfer
 
@@ -173,7 +173,7 @@ def _pictures(cfg, out, eval_set, model, name, ecfg, labeler) -> list[str]:
         up = max(1, 320 // max(b["src_img"].shape[-2:]))  # small images drawn larger (pixels scaled alike)
         big = [torch.nn.functional.interpolate(b[f"{x}_img"], scale_factor=up, mode="bilinear")[0] for x in ("src", "trg")]
         draw_transfer(*big, b["src_kps"][0, :m] * up, b["trg_kps"][0, :m] * up, pred[0, :m] * up,
-                      0.1 * threshold_size(b, ecfg.threshold) * up, str(path),
+                      0.1 * threshold_size(b, threshold_kind(ecfg.threshold, eval_set)) * up, str(path),
                       title=f"{b['category'][0]}: {name} (green: within PCK@0.1)")
         pics.append(path.name)
     entries = read_layout(labeler.out, "trn") if cfg.pictures else []

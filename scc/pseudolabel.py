@@ -323,7 +323,7 @@ class PseudoLabeler:
 
     # ---- merge: the SPair-71k layout --------------------------------------------------------------------
 
-    def merge(self) -> dict:
+    def merge(self, progress: bool = True) -> dict:
         cfg = self.cfg
         per_class = []
         for c, wnid in enumerate(self.classes):
@@ -335,7 +335,8 @@ class PseudoLabeler:
         entries = {"trn": [], "val": [], "test": []}
         summary_classes = {}
         kps_per_pair = []
-        for res in per_class:
+        # ImageNet scale: about a hundred thousand annotation files and image copies or links
+        for res in tqdm(per_class, desc="write SPair-71k layout", unit="class", disable=not progress):
             pairs = res["kept"]
             while True:  # drop images in fewer than m kept pairs, and their pairs, until nothing changes
                 counts: dict[str, int] = {}

@@ -11,7 +11,8 @@ same weights as an uninterrupted one (on CUDA, cuDNN and cuBLAS run in determini
 without a deterministic CUDA kernel, which PyTorch names in a warning, can still make the last bits differ).
 Checkpoints are written atomically (temp file + rename) every ``ckpt_every`` steps and at the end,
 with the config and git commit; a NaN/inf loss stops the run with a clear message and keeps the
-last good checkpoint.
+last good checkpoint. A fresh run refuses an ``out`` that holds another run's checkpoint (``--resume`` it, or
+set ``overwrite=true``); a resumed run drops the metrics the killed run logged after its checkpoint.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import config as cfgmod
-from .io import atomic_save
+from .io import atomic_save, atomic_write_text
 from .losses import LossConfig, StrongSupervision, WeakSupervision
 from .model import ModelConfig, SCCNet
 
@@ -45,7 +46,9 @@ def _train_model_config() -> ModelConfig:
 @dataclasses.dataclass
 class TrainConfig:
     mode: str = "weak"  # "weak" (class labels only) or "strong" (keypoints, e.g. pseudo-labels)
-    dataset: str = "imagefolder"  # weak: "imagefolder" | "synthetic"; strong: "spair" | "synthetic" | "pf-willow"
+    # weak: "imagefolder" | "synthetic"; strong: "spair" (SPair-71k layout, e.g. `scc pseudo-label` output; its
+    # trn split, resized to squares) | "synthetic" (see TRAIN_DATASETS)
+    dataset: str = "imagefolder"
     data: str = "../shared/data/imagenette/train"
     img_size: int = 224
     num_pairs: int = 20000  # pairs drawn from a class-folder dataset (weak)
@@ -80,6 +83,9 @@ class TrainConfig:
     tensorboard: bool = True  # scalars under <out>/tb
     picture_every: int = 250  # weak: draw a pair's masks and pseudo-labels into TensorBoard every N steps (0: never)
     out: str = "runs/train"
+    # a fresh run into an `out` that holds another run's last.pt: false refuses (continue it with --resume, or
+    # pick another out); true discards that run's last.pt and metrics.jsonl and starts again from step 0
+    overwrite: bool = False
     ckpt_every: int = 200
     log_every: int = 10
     device: str = "cpu"
@@ -95,7 +101,30 @@ def git_commit() -> str:
         return "unknown"
 
 
+# The datasets each mode can train on: their items are resized to squares (a batch stacks them; the PCA init
+# too) and come from a training split. Evaluation sets are refused: pf-willow and tss hold only test pairs (a
+# split would be ignored: training on the evaluation pairs), pf-pascal's items keep the aspect ratio.
+TRAIN_DATASETS = dict(weak=("imagefolder", "synthetic"), strong=("spair", "synthetic"))
+_ABOUT = dict(imagefolder="imagefolder (ImageNet-style <root>/<class>/*.JPEG)",
+              spair="spair (the SPair-71k layout, e.g. `scc pseudo-label` output: its trn split, resized to squares)")
+_NOT_TRAINABLE = {"pf-willow": "has no training split (only the test pairs)",
+                  "tss": "has no training split (only the test pairs)",
+                  "pf-pascal": "keeps each image's aspect ratio, so its pairs cannot be stacked into a batch",
+                  "imagefolder": "has class labels only, no keypoints"}
+
+
+def check_train_dataset(cfg: TrainConfig) -> None:
+    """Refuse up front (before a model, PCA or feature cache is computed) a dataset `cfg.mode` cannot train on."""
+    usable = TRAIN_DATASETS.get(cfg.mode)
+    if usable is None or cfg.dataset in usable:
+        return  # an unknown mode is refused by the Trainer
+    why = _NOT_TRAINABLE.get(cfg.dataset, f"is not a {cfg.mode} training dataset")
+    raise ValueError(f"scc: cannot train on dataset {cfg.dataset!r}: it {why}; {cfg.mode} training reads "
+                     + " or ".join(_ABOUT.get(d, d) for d in usable))
+
+
 def make_train_dataset(cfg: TrainConfig):
+    check_train_dataset(cfg)
     if cfg.dataset == "imagefolder":
         from .data.imagefolder import ImageFolderPairs
 
@@ -111,11 +140,19 @@ def make_train_dataset(cfg: TrainConfig):
         from .data.spair import SPair
 
         return SPair(cfg.data, "trn", cfg.img_size, square=True)
-    if cfg.mode == "strong":
-        from .data import make_dataset
-
-        return make_dataset(cfg.dataset, cfg.data, cfg.img_size, split="trn")
     raise ValueError(f"scc: unknown training dataset {cfg.dataset!r}")
+
+
+def check_fresh_out(cfg: TrainConfig) -> None:
+    """A fresh run (not --resume) must not write over another run's checkpoint and metrics."""
+    last = Path(cfg.out) / "last.pt"
+    if last.is_file() and not cfg.overwrite:
+        raise ValueError(f"scc: {cfg.out} already holds a training run ({last}); continue it with --resume, "
+                         "or pick another out (or set overwrite=true to discard it and start again)")
+
+
+def _same_run(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "overwrite"}  # how the folder was claimed, not what trains
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -198,6 +235,7 @@ class _Loss(torch.nn.Module):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        check_train_dataset(cfg)
         self.cfg = cfg
         self.rank, self.world, self.device = _distributed(torch.device(cfg.device))
         if self.device.type == "cuda":
@@ -243,6 +281,7 @@ class Trainer:
                              f"({cfg.batch_size})")
         self.step = 0
         self.out = Path(cfg.out)
+        self.owns_out = False  # set by resume() or the first run(): `out` then holds this run
         if cfg.proj_init not in ("pca", "random", "identity"):
             raise ValueError(f"scc: TrainConfig.proj_init must be 'pca', 'identity' or 'random', got {cfg.proj_init!r}")
         if self.model.proj is not None and not cfg.init_checkpoint:  # a checkpoint brings its projection
@@ -301,10 +340,13 @@ class Trainer:
     def save(self) -> None:
         if self.rank != 0:
             return
-        self.model.save(str(self.out / "model.pt"), include_backbone=self.keep_backbone)
+        config, commit = cfgmod.to_dict(self.cfg), git_commit()
+        # plain types only: model.pt says how it was trained and still loads with weights_only=True
+        self.model.save(str(self.out / "model.pt"), include_backbone=self.keep_backbone,
+                        extra=dict(train_config=config, step=self.step, git_commit=commit))
         state = dict(step=self.step, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
-                     scheduler=self.sched.state_dict(), rng=_rng_state(self.device),
-                     config=cfgmod.to_dict(self.cfg), git_commit=git_commit())
+                     scheduler=self.sched.state_dict(), rng=_rng_state(self.device), config=config,
+                     git_commit=commit)
         atomic_save(state, str(self.last_path))
 
     def resume(self) -> None:
@@ -313,7 +355,7 @@ class Trainer:
         # on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves weights and optimizer
         # state to the parameters' device
         state = torch.load(self.last_path, map_location="cpu", weights_only=False)
-        if state["config"] != cfgmod.to_dict(self.cfg):
+        if _same_run(state["config"]) != _same_run(cfgmod.to_dict(self.cfg)):
             raise ValueError(f"scc: --resume: {self.last_path} was written with another config; resume with the "
                              f"same config (see {self.out / 'config.yaml'})")
         self.model.load_state_dict(state["model"])
@@ -321,6 +363,20 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], self.device)
         self.step = state["step"]
+        self.owns_out = True
+
+    def _trim_metrics(self) -> None:
+        """Keep only the records of steps <= self.step in metrics.jsonl: a resumed run logs again the steps
+        the killed run made after its checkpoint, and a fresh run (step 0) starts an empty file."""
+        path = self.out / "metrics.jsonl"
+        kept = []
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass  # a record cut short by the kill
+        atomic_write_text(path, "".join(kept))
 
     # ---- loop ------------------------------------------------------------------------------------------
 
@@ -369,9 +425,15 @@ class Trainer:
         periodic checkpoint behind)."""
         cfg = self.cfg
         lead = self.rank == 0
+        if not self.owns_out:  # a fresh run: refused over another run, or that run discarded (overwrite)
+            check_fresh_out(cfg)
+            if lead:
+                self.last_path.unlink(missing_ok=True)  # so that --resume cannot pick up the discarded run
+        self.owns_out = True
         if lead:
             self.out.mkdir(parents=True, exist_ok=True)
             cfgmod.save_yaml(cfg, self.out / "config.yaml")
+            self._trim_metrics()
         log = open(self.out / "metrics.jsonl", "a") if lead else None
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.mode}", disable=not (progress and lead),
@@ -441,6 +503,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = cfgmod.load(TrainConfig, args.config, args.set)
+        if not args.resume:
+            check_fresh_out(cfg)  # before the model, the PCA and the feature cache are computed
         trainer = Trainer(cfg)
         if args.resume:
             trainer.resume()

@@ -2,6 +2,7 @@
 bad datasets. On the synthetic generator with a small model, so CI stays fast."""
 
 import errno
+import re
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,59 @@ def test_init_checkpoint_keeps_a_fine_tuned_backbone(tmp_path):
     tr.run(progress=False)
     saved = torch.load(tmp_path / "next" / "model.pt", weights_only=False)["state_dict"]
     assert any(k.startswith("backbone.") for k in saved)  # not silently replaced by the ImageNet backbone
+
+
+def steps_logged(out):
+    import json
+
+    return [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_drops_the_metrics_of_the_killed_steps(tmp_path):
+    T.Trainer(cfg(tmp_path)).run(progress=False, stop_after=5)  # logged steps 1..5; last checkpoint at step 3
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # a record cut short by the kill
+    c = T.Trainer(cfg(tmp_path))
+    c.resume()
+    c.run(progress=False)
+    assert steps_logged(tmp_path) == [1, 2, 3, 4, 5, 6]  # not [1, 2, 3, 4, 5, 4, 5, 6]
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path, capsys):
+    from scc.cli import main
+
+    T.Trainer(cfg(tmp_path)).run(progress=False, stop_after=5)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path))}.*--resume"):
+        T.Trainer(cfg(tmp_path)).run(progress=False)
+    assert main(["train", *sum((["--set", s] for s in SETS + [f"out={tmp_path}"]), [])]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "last.pt").read_bytes() == before and steps_logged(tmp_path) == [1, 2, 3, 4, 5]
+    # overwrite: a new run from step 0 with a new metrics.jsonl, which --resume (without overwrite) continues
+    T.Trainer(cfg(tmp_path, "overwrite=true", "steps=4")).run(progress=False, stop_after=2)
+    assert not (tmp_path / "last.pt").is_file() and steps_logged(tmp_path) == [1, 2]
+    T.Trainer(cfg(tmp_path, "overwrite=true", "steps=4")).run(progress=False)
+    c = T.Trainer(cfg(tmp_path, "steps=4"))
+    c.resume()
+    assert c.step == 4 and steps_logged(tmp_path) == [1, 2, 3, 4]
+
+
+def test_model_pt_records_the_training_config_and_commit(tmp_path):
+    tr = T.Trainer(cfg(tmp_path, "steps=2"))
+    tr.run(progress=False)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)  # plain types only
+    assert payload["train_config"] == T.cfgmod.to_dict(tr.cfg) and payload["step"] == 2
+    assert isinstance(payload["git_commit"], str) and payload["git_commit"]
+    assert SCCNet.from_checkpoint(str(tmp_path / "model.pt")).config == tr.cfg.model
+
+
+@pytest.mark.parametrize("mode,dataset,why", [("strong", "pf-willow", "no training split"),
+                                              ("strong", "tss", "no training split"),
+                                              ("strong", "pf-pascal", "aspect ratio"),
+                                              ("strong", "imagefolder", "no keypoints"),
+                                              ("weak", "spair", "")])
+def test_training_refuses_test_only_or_non_square_datasets(tmp_path, monkeypatch, mode, dataset, why):
+    monkeypatch.setattr(T, "SCCNet", lambda *a, **k: pytest.fail("built a model before refusing the dataset"))
+    with pytest.raises(ValueError, match=f"{why}.*{mode} training reads .*synthetic"):
+        T.Trainer(cfg(tmp_path, f"mode={mode}", f"dataset={dataset}", f"data={tmp_path}"))
