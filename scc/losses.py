@@ -11,8 +11,9 @@ Weak (class labels only):
                   masks; no gradient through them) supervise the appearance distribution softmax_j(C / tau),
                   with a weight ramped up after a warm-up;
   "no match" bin -- with ModelConfig.unmatched_bin, the bin logit z is learned with the pixel loss: the
-                  calibrated probability of the pseudo-label at its source position against the bin's share
-                  at every source position of the different-class pairs (volumes detached: z alone).
+                  calibrated probability of the best match at the candidate positions (mutual, inside both
+                  masks) against the bin's share at every source position of the different-class pairs
+                  (volumes detached: z alone).
 Strong (keypoints; also pseudo-labels written in the SPair-71k layout): cross-entropy of softmax_j(C / tau)
 at the source keypoints' cells against the target keypoints' cells.
 """
@@ -120,7 +121,8 @@ def pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=No
 
 @torch.no_grad()
 def _pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=None):
-    """pseudo_labels, and the vote g (B, hs, ws, ht, wt) they came from."""
+    """pseudo_labels, the vote g (B, hs, ws, ht, wt) they came from, and the candidates (B, Ns): mutual and
+    inside both masks, before the probability threshold."""
     b, hs, ws, ht, wt = corr.shape
     g = K.masked_vote(corr, mask_s, mask_t, model_cfg.vote_mode, model_cfg.vote_radius, model_cfg.vote_sigma)
     if cfg.pseudo_source == "calibrated":
@@ -137,7 +139,7 @@ def _pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=N
     i = torch.arange(hs * ws, device=corr.device).expand(b, -1)
     mutual = back.gather(1, j) == i
     inside = (mask_s.flatten(1) > cfg.mask_min) & (mask_t.flatten(1).gather(1, j) > cfg.mask_min)
-    return j, (conf > p_min) & mutual & inside, g
+    return j, (conf > p_min) & mutual & inside, g, mutual & inside
 
 
 def bin_loss(corr_pos, g_pos, target, valid, corr_neg, model_cfg, bin_logit) -> torch.Tensor:
@@ -204,13 +206,15 @@ class WeakSupervision:
             mask_s, mask_t = torch.ones_like(ms_pos), torch.ones_like(mt_pos)
         w = pixel_weight(step, cfg) if self.use_pixel else 0.0
         if w > 0:
-            target, valid, g = _pseudo_labels(corr_pos.detach(), mask_s.detach(), mask_t.detach(), model.config, cfg,
+            target, valid, g, candidate = _pseudo_labels(corr_pos.detach(), mask_s.detach(), mask_t.detach(), model.config, cfg,
                                               model.bin_logit)
             terms["pixel"] = pixel_loss(corr_pos, target, valid, cfg.tau)
             terms["pseudo_labels_per_pair"] = valid.float().sum(1).mean().detach()
             total = total + w * terms["pixel"]
-            if model.bin_logit is not None and cfg.lambda_bin > 0 and valid.any():
-                terms["bin"] = bin_loss(corr_pos, g, target, valid, corr_neg, model.config, model.bin_logit)
+            # the bin learns from the candidates, not from the pseudo-labels its own share thresholds (a bin
+            # that starts too high would leave none and never learn)
+            if model.bin_logit is not None and cfg.lambda_bin > 0 and candidate.any():
+                terms["bin"] = bin_loss(corr_pos, g, target, candidate, corr_neg, model.config, model.bin_logit)
                 total = total + cfg.lambda_bin * terms["bin"]
         terms["s_pos"], terms["s_neg"] = s_pos.mean().detach(), s_neg.mean().detach()
         # what the first pair looked like (training draws it now and then): masks and the volume

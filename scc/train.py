@@ -56,6 +56,9 @@ class TrainConfig:
     batch_size: int = 8
     steps: int = 1000
     lr: float = 1e-3
+    # the "no match" bin logit (model.unmatched_bin) lives on the scale of (log C + lam log g) / tau, tens of
+    # units: it learns at its own rate, without weight decay
+    bin_lr: float = 0.05
     weight_decay: float = 1e-4
     warmup_steps: int = 50  # linear learning-rate warm-up, then cosine decay to 0 at `steps`
     grad_clip: float = 1.0
@@ -152,7 +155,13 @@ def check_fresh_out(cfg: TrainConfig) -> None:
 
 
 def _same_run(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "overwrite"}  # how the folder was claimed, not what trains
+    """A run's config as resume compares it: fields added to the configs after the checkpoint was written
+    count as their defaults, and `overwrite` (how the folder was claimed, not what trains) is left out."""
+    def fill(d, default):
+        return {k: fill(d.get(k, v), v) if isinstance(v, dict) and isinstance(d.get(k, v), dict) else d.get(k, v)
+                for k, v in default.items()} | {k: v for k, v in d.items() if k not in default}
+
+    return {k: v for k, v in fill(config, cfgmod.to_dict(TrainConfig())).items() if k != "overwrite"}
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -259,7 +268,11 @@ class Trainer:
         if not params:
             raise ValueError("scc: nothing to train: set model.proj_dim > 0, neigh_consensus, unmatched_bin, or "
                              "unfreeze_backbone")
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        z = self.model.bin_logit
+        groups = [dict(params=[p for p in params if p is not z])]
+        if z is not None and z.requires_grad:
+            groups.append(dict(params=[z], lr=cfg.bin_lr, weight_decay=0.0))
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         if cfg.mode == "weak":
             self.strategy = WeakSupervision(cfg.loss, cfg.use_region, cfg.use_pixel)

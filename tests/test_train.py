@@ -243,3 +243,22 @@ def test_training_refuses_test_only_or_non_square_datasets(tmp_path, monkeypatch
     monkeypatch.setattr(T, "SCCNet", lambda *a, **k: pytest.fail("built a model before refusing the dataset"))
     with pytest.raises(ValueError, match=f"{why}.*{mode} training reads .*synthetic"):
         T.Trainer(cfg(tmp_path, f"mode={mode}", f"dataset={dataset}", f"data={tmp_path}"))
+
+
+def test_the_bin_logit_learns_at_its_own_rate(tmp_path):
+    tr = T.Trainer(cfg(tmp_path, "model.unmatched_bin=true", "bin_lr=0.25"))
+    z = tr.model.bin_logit
+    (group,) = [g for g in tr.opt.param_groups if any(p is z for p in g["params"])]
+    assert group["initial_lr"] == 0.25 and group["weight_decay"] == 0.0 and len(group["params"]) == 1
+    tr.run(progress=False)
+    assert tr.model.bin_logit.item() != 0.0  # bin_init: the weak loss moved it
+    assert tr.resume() is None and tr.step == 6  # an optimizer with two groups resumes
+
+
+def test_resume_counts_config_fields_added_later_as_their_defaults(tmp_path):
+    new = T.cfgmod.to_dict(cfg(tmp_path))
+    old = {k: v for k, v in new.items() if k != "bin_lr"}  # a checkpoint written before bin_lr existed
+    old["loss"] = {k: v for k, v in new["loss"].items() if k != "lambda_bin"}
+    assert T._same_run(old) == T._same_run(new)
+    assert T._same_run(dict(old, lr=0.5)) != T._same_run(new)
+    assert T._same_run(dict(new, bin_lr=1.0)) != T._same_run(new)
