@@ -21,6 +21,12 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _out_like(t: torch.Tensor) -> torch.Tensor:
+    """A fresh tensor shaped like t, in the layout the kernels return: contiguous. (empty_like keeps a
+    channels_last or permuted t's strides, and inductor asserts the fake strides at run time.)"""
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 def _ns(t: torch.Tensor):
     return t.shape[1] * t.shape[2] if t.dim() == 5 else t.shape[1]
 
@@ -40,17 +46,17 @@ def _(fs, ft, normalize=True, relu=True, eps=1e-6):
 
 @_reg_fake("correlation_backward")
 def _(grad, fs, ft, normalize, relu, eps):
-    return torch.empty_like(fs), torch.empty_like(ft)
+    return _out_like(fs), _out_like(ft)
 
 
 @_reg_fake("mutual_nn")
 def _(corr, eps=1e-5):
-    return torch.empty_like(corr, memory_format=torch.contiguous_format)
+    return _out_like(corr)
 
 
 @_reg_fake("mutual_nn_backward")
 def _(grad, corr, eps):
-    return torch.empty_like(corr, memory_format=torch.contiguous_format)
+    return _out_like(corr)
 
 
 @_reg_fake("conv4d")
@@ -62,17 +68,17 @@ def _(x, weight, bias=None):
 @_reg_fake("conv4d_backward")
 def _(grad, x, weight, bias_defined):
     gb = x.new_empty((weight.shape[0],) if bias_defined else (0,))
-    return torch.empty_like(x), torch.empty_like(weight), gb
+    return _out_like(x), _out_like(weight), gb
 
 
 @_reg_fake("masked_vote")
 def _(corr, mask_s, mask_t, mode="local", radius=2, sigma=1.0, eps=1e-6):
-    return torch.empty_like(corr, memory_format=torch.contiguous_format)
+    return _out_like(corr)
 
 
 @_reg_fake("masked_vote_backward")
 def _(grad, corr, mask_s, mask_t, mode, radius, sigma, eps):
-    return torch.empty_like(corr), torch.empty_like(mask_s), torch.empty_like(mask_t)
+    return _out_like(corr), _out_like(mask_s), _out_like(mask_t)
 
 
 @_reg_fake("calibrate")
@@ -83,7 +89,7 @@ def _(corr, g, lam, tau, bin_logit, eps=1e-6):
 
 @_reg_fake("calibrate_backward")
 def _(grad_P, grad_unmatched, P, P_unmatched, corr, g, lam, tau, eps):
-    return torch.empty_like(corr), torch.empty_like(g), corr.new_empty(())
+    return _out_like(corr), _out_like(g), corr.new_empty(())
 
 
 @_reg_fake("soft_argmax")
@@ -94,7 +100,7 @@ def _(P, ht, wt, window=-1, beta=1.0):
 
 @_reg_fake("soft_argmax_backward")
 def _(grad_flow, grad_conf, P, flow, ht, wt, window, beta):
-    return torch.empty_like(P, memory_format=torch.contiguous_format)
+    return _out_like(P)
 
 
 @_reg_fake("fused_match")
@@ -111,7 +117,7 @@ def _(fs, ft, tau, window=-1):
 
 @_reg_fake("fused_match_backward")
 def _(grad_flow, grad_conf, fs, ft, tau, window, flow, argmax, lse):
-    return torch.empty_like(fs), torch.empty_like(ft)
+    return _out_like(fs), _out_like(ft)
 
 
 # ---- autograd -----------------------------------------------------------------------------------

@@ -270,7 +270,8 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
       }
     });
   });
-  at::Tensor gfs = gfsT.transpose(1, 2).reshape(fs_in.sizes());
+  // contiguous, as the fake kernel promises (a transposed view would be channels_last)
+  at::Tensor gfs = gfsT.transpose(1, 2).contiguous().view(fs_in.sizes());
   return {gfs.to(fs_in.scalar_type()), gft.view(ft_in.sizes()).to(ft_in.scalar_type())};
 }
 

@@ -442,4 +442,6 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
         fs3, ft3, nb, coef, arg, grad_fs, *args, WINDOWED=windowed, **fs_cfg)
     wrap_triton(_grad_ft_kernel)[(cdiv(nt, ft_cfg["BLOCK_N"]), cdiv(c, ft_cfg["BLOCK_C"]), b)](
         fs3, ft3, nb, coef, arg, grad_ft, *args, WINDOWED=windowed, **ft_cfg)
-    return grad_fs[..., :ns].reshape(fs.shape), grad_ft[..., :nt].reshape(ft.shape)
+    # contiguous, as the fake kernel of the C++ schema (scc::fused_match_backward) promises: a slice of the
+    # row padding would be a strided view
+    return grad_fs[..., :ns].contiguous().view(fs.shape), grad_ft[..., :nt].contiguous().view(ft.shape)
