@@ -109,3 +109,51 @@ def test_use_backend_switch():
             pass
     assert K.kernel_kind("correlation", torch.device("cuda")) == "triton"
     assert K.kernel_kind("mutual_nn", torch.device("cuda")) == "cuda"
+
+
+# ---- backward ops: arguments that index memory or go with `corr` --------------------------------------
+
+
+def _match_backward_args(argmax_value):
+    fs, ft = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 2, 5)
+    flow, conf, arg, lse = torch.ops.scc.fused_match(fs, ft, 0.1, 1)
+    arg = arg.clone()
+    arg[1, 2, 0] = argmax_value
+    return (torch.ones_like(flow), torch.ones_like(conf), fs, ft, 0.1, 1, flow, arg, lse)
+
+
+@pytest.mark.parametrize("value", [10**6, 10, -1])
+def test_fused_match_backward_checks_argmax_range(value):
+    # Nt = 10: argmax indexes the target cells, so a value outside [0, Nt) read out of bounds (10**6 crashed)
+    with pytest.raises(ValueError, match=r"`argmax` must hold target indices in \[0, Nt\) = \[0, 10\)"):
+        torch.ops.scc.fused_match_backward(*_match_backward_args(value))
+
+
+@pytest.mark.parametrize("value", [10**6, -1])
+def test_fused_match_triton_backward_checks_argmax_range(value):
+    # The Triton launcher checks on the device (asynchronously on a GPU, no host sync); on CPU tensors the
+    # assert raises before the launch, so no interpreter is needed.
+    pytest.importorskip("triton")
+    with pytest.raises(RuntimeError, match=r"`argmax` must hold target indices in \[0, Nt\)"):
+        torch.ops.scc.fused_match_triton_backward(*_match_backward_args(value))
+
+
+def _calib_backward_args(**override):
+    c, g = vol(2, 3, 4), vol(2, 3, 4)
+    P, Pu = torch.ops.scc.calibrate(c, g, 0.5, 0.1, torch.tensor(0.2), 1e-6)
+    args = dict(grad_P=torch.ones_like(P), grad_unmatched=torch.ones_like(Pu), P=P, P_unmatched=Pu, corr=c, g=g)
+    args.update(override)
+    return (*args.values(), 0.5, 0.1, 1e-6)
+
+
+@pytest.mark.parametrize("override,match", [
+    (dict(g=vol(2, 3, 5)), r"`g` must have the shape of `corr`"),
+    (dict(g=vol(2, 12)), r"`g` must have the shape of `corr`"),  # the same number of elements
+    (dict(g=vol(2, 3, 4, dtype=F64)), r"`g` and `corr` must have the same dtype"),
+    (dict(P=vol(2, 4, 3)), r"`P` must have shape \(2, 3, 4\)"),
+    (dict(grad_P=vol(2, 3, 4, dtype=F64)), r"`grad_P` and `corr` must have the same dtype"),
+    (dict(P_unmatched=vol(3, 2)), r"`P_unmatched` must have shape \(2, 3\)"),
+])
+def test_calibrate_backward_checks_like_cuda(override, match):
+    with pytest.raises(ValueError, match=match):
+        torch.ops.scc.calibrate_backward(*_calib_backward_args(**override))

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
+#include <utility>
 
 #include "../common.h"
 #include "../ops.h"
@@ -25,6 +27,12 @@ void check_calibrate_args(const at::Tensor& corr, const at::Tensor& g, double ta
   check_same_dtype(corr, "corr", bin_logit, "bin_logit");
   check_same_device(corr, "corr", bin_logit, "bin_logit");
   TORCH_CHECK_VALUE(tau > 0 && std::isfinite(tau), "scc: `tau` must be a positive finite number, got ", tau);
+}
+
+// Another tensor that goes with `corr`: same device and dtype.
+void check_like_corr(const at::Tensor& t, const char* name, const at::Tensor& corr) {
+  check_same_device(t, name, corr, "corr");
+  check_same_dtype(t, name, corr, "corr");
 }
 
 }  // namespace
@@ -68,11 +76,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> calibrate_backward(const at::Tens
                                                                   const at::Tensor& corr_in, const at::Tensor& g_in,
                                                                   double lam, double tau, double eps) {
   check_volume(corr_in, "corr");
+  check_like_corr(g_in, "g", corr_in);
+  TORCH_CHECK_VALUE(g_in.sizes() == corr_in.sizes(), "scc: `g` must have the shape of `corr` ", shape_str(corr_in),
+                    ", got ", shape_str(g_in));
   const int64_t B = corr_in.size(0), Ns = vol_ns(corr_in), Nt = vol_nt(corr_in);
-  TORCH_CHECK_VALUE(P_in.numel() == B * Ns * Nt && gP_in.numel() == B * Ns * Nt,
-                    "scc: calibrate_backward: `P` and `grad_P` must have shape (B, Ns, Nt) = (", B, ", ", Ns, ", ", Nt, ")");
-  TORCH_CHECK_VALUE(Pu_in.numel() == B * Ns && gu_in.numel() == B * Ns,
-                    "scc: calibrate_backward: `P_unmatched` and `grad_unmatched` must have shape (B, Ns) = (", B, ", ", Ns, ")");
+  // the same checks as the CUDA op (csrc/cuda/register.cpp)
+  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&gP_in, "grad_P"}, {&P_in, "P"}}) {
+    check_like_corr(*t, name, corr_in);
+    TORCH_CHECK_VALUE(t->dim() == 3 && t->size(0) == B && t->size(1) == Ns && t->size(2) == Nt, "scc: `", name,
+                      "` must have shape (", B, ", ", Ns, ", ", Nt, "), got ", shape_str(*t));
+  }
+  for (const auto& [t, name] :
+       {std::pair<const at::Tensor*, const char*>{&gu_in, "grad_unmatched"}, {&Pu_in, "P_unmatched"}}) {
+    check_like_corr(*t, name, corr_in);
+    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == B && t->size(1) == Ns, "scc: `", name, "` must have shape (", B,
+                      ", ", Ns, "), got ", shape_str(*t));
+  }
   const at::Tensor corr = widen(corr_in), g = widen(g_in);
   const auto wt = corr.scalar_type();
   const at::Tensor P = P_in.to(wt).contiguous(), Pu = Pu_in.to(wt).contiguous();

@@ -170,6 +170,13 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
   const at::Tensor gflow = gflow_in.to(wdt).contiguous(), gconf = gconf_in.to(wdt).contiguous();
   const at::Tensor flow = flow_in.to(wdt).contiguous(), lse = lse_in.to(wdt).contiguous();
   const at::Tensor argm = arg_in.to(at::kLong).contiguous();
+  // argmax indexes the target cells below: a value from anywhere but fused_match would read out of bounds
+  {
+    const int64_t* am = argm.data_ptr<int64_t>();
+    for (int64_t r = 0; r < BN; ++r)
+      TORCH_CHECK_VALUE(am[r] >= 0 && am[r] < F.Nt, "scc: fused_match_backward: `argmax` must hold target indices ",
+                        "in [0, Nt) = [0, ", F.Nt, "), got ", am[r]);
+  }
   at::Tensor gfsT = at::zeros({F.B, F.Ns, F.C}, F.fsT.options());
   at::Tensor gft = at::zeros({F.B, F.C, F.Nt}, F.fsT.options());
   AT_DISPATCH_FLOATING_TYPES(wdt, "scc_fused_match_backward", [&] {

@@ -415,6 +415,10 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     dev = fs.device
     windowed = window >= 0
     arg = argmax.contiguous()
+    # argmax places the window passes: outside [0, Nt) they would load out of bounds. Checked on the device,
+    # asynchronously (no host sync in the backward); on CPU tensors it raises at once.
+    torch._assert_async(((arg >= 0) & (arg < nt)).all(),
+                        f"scc: fused_match_backward: `argmax` must hold target indices in [0, Nt) = [0, {nt})")
     lse = lse.contiguous()
     na, nb = norms(fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
