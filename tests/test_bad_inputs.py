@@ -157,3 +157,17 @@ def _calib_backward_args(**override):
 def test_calibrate_backward_checks_like_cuda(override, match):
     with pytest.raises(ValueError, match=match):
         torch.ops.scc.calibrate_backward(*_calib_backward_args(**override))
+
+
+def test_triton_launchers_refuse_feature_maps_past_int32():
+    # The Triton kernels index one batch item's (C, h w) features in int32; meta tensors: nothing is allocated.
+    pytest.importorskip("triton")
+    from scc_kernels.triton.correlation import correlation_fwd
+    from scc_kernels.triton.fused_match import fused_match_fwd
+
+    fs = torch.empty(1, 2**16, 2**8, 2**7, device="meta")  # C * h * w = 2^31
+    ft = torch.empty(1, 2**16, 2, 8, device="meta")
+    with pytest.raises(ValueError, match=r"`fs` is too large for the Triton kernels"):
+        correlation_fwd(fs, ft)
+    with pytest.raises(ValueError, match=r"`ft` is too large for the Triton kernels"):
+        fused_match_fwd(ft, fs, 0.1)

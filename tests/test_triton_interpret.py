@@ -170,10 +170,50 @@ def _run_ops() -> dict:
     return out
 
 
+def _run_offsets() -> dict:
+    """The correlation kernels' volume offsets on a layout with Ns * Nt >= 2^31 in one batch item, without
+    allocating it: Ns = 1 and Nt = 2^29, one program (the first tile). Only row 0 is written, but the offsets
+    of the masked rows 1..7 (7 * 2^29) are computed too: with the interpreter's integer-overflow checks on,
+    an int32 product there fails. Returns the written values' errors against float64."""
+    import dataclasses
+
+    import torch
+    from triton.runtime import interpreter
+
+    from scc_kernels.triton.correlation import _corr_bwd_kernel, _corr_fwd_kernel
+
+    # debug builds check every int32 add / sub / mul for overflow (the interpreter's default is off)
+    interpreter.interpreter_builder.options = dataclasses.replace(interpreter.interpreter_builder.options,
+                                                                  debug=True)
+    c, n, nt = 4, 16, 2**29
+    g = torch.Generator().manual_seed(11)
+    fs = torch.randn(1, c, n, generator=g)  # row 0 is the one source cell; the rest is row padding
+    ft = torch.randn(1, c, n, generator=g)  # the first 16 of the Nt target cells
+    na, nb = fs[0, :, :1].norm(dim=0), ft[0].norm(dim=0)
+    blocks = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4, GROUP_M=2)
+    out = torch.full((n,), float("nan"))
+    _corr_fwd_kernel[(1, 1)](fs, ft, na, nb, out, 1, nt, c, c * n, n, c * n, n, nt, nt, 1e-6,
+                             NORMALIZE=True, RELU=True, NORMS_IN_LOOP=False, **blocks)
+    d = fs[0, :, 0].double() @ ft[0].double()
+    ref = (d / (na.double() * nb.double() + 1e-6)).clamp_min(0)
+    grad = torch.randn(n, generator=g)
+    A = torch.full((n,), float("nan"))
+    rowq, colq = torch.full((1,), float("nan")), torch.full((n,), float("nan"))
+    _corr_bwd_kernel[(1, 1)](fs, ft, na, nb, grad, A, rowq, colq, 1, nt, c, c * n, n, c * n, n, nt, nt, 1e-6,
+                             NORMALIZE=True, RELU=True, **blocks)
+    norm = na.double() * nb.double() + 1e-6
+    ref_A = torch.where(ref > 0, grad.double(), 0.0) / norm
+    return {"out": _rel(out, ref), "A": _rel(A, ref_A)}
+
+
 def _main():
     assert os.environ.get("TRITON_INTERPRET") == "1"
     if sys.argv[1:] == ["--ops"]:
         print(json.dumps(_run_ops()))
+        return
+    if sys.argv[1:] == ["--offsets"]:
+        _stub_package()
+        print(json.dumps(_run_offsets()))
         return
     _stub_package()
     from scc_kernels.triton import correlation
@@ -212,6 +252,16 @@ def test_triton_ops_interpret():
         assert m[key] < TOL["float32"], (key, m)
     for name in ("corr", "match"):
         assert res[name]["opcheck"] == ["test_autograd_registration", "test_schema"], res[name]
+
+
+def test_correlation_offsets_64bit():
+    """Ns * Nt >= 2^31 within one batch item: the volume's row offsets must not wrap in int32."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--offsets"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    err = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert err["out"] < TOL["float32"] and err["A"] < TOL["float32"], err
 
 
 @pytest.mark.parametrize("case", CORR_CASES, ids=_case_id)

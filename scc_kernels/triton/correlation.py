@@ -179,7 +179,8 @@ def _corr_fwd_kernel(
         d = d / (a[:, None] * b[None, :] + eps)
     if RELU:
         d = tl.maximum(d, 0.0)
-    out = out_ptr + pid_b * stride_ob + offs_m[:, None] * stride_om + offs_n[None, :]
+    # row offsets in int64: Ns * Nt can reach 2^31 within one batch item (e.g. two 216 x 216 maps)
+    out = out_ptr + pid_b * stride_ob + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out, d.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
@@ -201,7 +202,8 @@ def _corr_bwd_kernel(
     mask_n = offs_n < Nt
     d = gemm_tile(fs_ptr + pid_b * stride_sb, ft_ptr + pid_b * stride_tb, stride_sc, stride_tc,
                   offs_m, offs_n, C, BLOCK_M, BLOCK_N, BLOCK_K)
-    g = tl.load(grad_ptr + pid_b * stride_gb + offs_m[:, None] * stride_gm + offs_n[None, :],
+    rows = offs_m.to(tl.int64)[:, None]  # int64 row offsets: Ns * Nt can reach 2^31 within one batch item
+    g = tl.load(grad_ptr + pid_b * stride_gb + rows * stride_gm + offs_n[None, :],
                 mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
     if NORMALIZE:
         a = tl.load(na_ptr + pid_b * Ns + offs_m, mask=mask_m, other=0.0)
@@ -221,11 +223,22 @@ def _corr_bwd_kernel(
         tl.store(colq_ptr + (pid_b * tiles_m + pid_m) * Nt + offs_n, tl.sum(Q * a[:, None], axis=0), mask=mask_n)
     else:
         A = g
-    tl.store(A_ptr + pid_b * Ns * Nt + offs_m[:, None] * Nt + offs_n[None, :], A,
+    tl.store(A_ptr + pid_b * Ns * Nt + rows * Nt + offs_n[None, :], A,
              mask=mask_m[:, None] & mask_n[None, :])
 
 
+def check_int32_features(fs: torch.Tensor, ft: torch.Tensor) -> None:
+    """Within one batch item the kernels index features in int32 (channel * row length: 64-bit products in
+    every K-loop would cost registers), so each row-padded (C, h w) map must stay below 2^31 elements."""
+    for name, x in (("fs", fs), ("ft", ft)):
+        c, n = x.shape[1], x.shape[2] * x.shape[3]
+        if c * (cdiv(n, 16) * 16) >= 2**31:
+            raise ValueError(f"scc: `{name}` is too large for the Triton kernels: C * (h * w rounded up to 16) "
+                             f"must be below 2^31 per batch item, got shape {tuple(x.shape)}")
+
+
 def _flat(fs: torch.Tensor, ft: torch.Tensor):
+    check_int32_features(fs, ft)
     fs = fs.contiguous()
     ft = ft.contiguous()
     return fs.flatten(2), ft.flatten(2)

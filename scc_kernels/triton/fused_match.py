@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .correlation import cdiv, gemm_tile, norms, pad_rows
+from .correlation import cdiv, check_int32_features, gemm_tile, norms, pad_rows
 
 EPS = 1e-6  # the correlation eps of reference.fused_match
 LOG2E = 1.4426950408889634
@@ -357,6 +357,7 @@ def _grad_ft_kernel(
 
 
 def _flat(fs: torch.Tensor, ft: torch.Tensor):
+    check_int32_features(fs, ft)
     return fs.contiguous().flatten(2), ft.contiguous().flatten(2)
 
 
