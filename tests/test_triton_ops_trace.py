@@ -137,3 +137,23 @@ def test_compiler_sees_only_outputs_written(sm90_target, shape):
     assert written == corr_fw + [["norm_ptr"], ["A_ptr", "rowq_ptr", "colq_ptr"]] + [
         ["norm_ptr"], ["flow_ptr", "conf_ptr", "arg_ptr", "lse_ptr"],  # fused_match forward
         ["norm_ptr"], ["flow_ptr", "S_ptr", "conf_ptr"], ["gfs_ptr"], ["gft_ptr"]]  # its backward
+
+
+def test_launcher_outputs_are_poisoned():
+    # Like the C++ kernels' alloc_output: under SCC_POISON=1 (conftest) every Triton launcher allocation starts
+    # as NaN (-1 for integers), so an element a kernel forgets to write fails the numeric tests.
+    import inspect
+    import os
+
+    import scc_kernels.triton.correlation as TC
+    import scc_kernels.triton.fused_match as TF
+
+    assert os.environ.get("SCC_POISON") == "1"
+    assert torch.isnan(TC.new_output((2, 3), torch.float32, "cpu")).all()
+    assert torch.isnan(TC.new_output((2,), torch.bfloat16, "cpu")).all()
+    assert (TC.new_output((4,), torch.int64, "cpu") == -1).all()
+    # ... and the launchers allocate through it (pad_rows' zero padding is read, not an output)
+    for mod in (TC, TF):
+        src = inspect.getsource(mod).replace(inspect.getsource(TC.new_output), "")
+        for alloc in ("torch.empty(", "torch.empty_like(", ".new_empty("):
+            assert alloc not in src, f"{mod.__name__}: {alloc} outside new_output"

@@ -20,6 +20,7 @@ Output dtype = input dtype.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -52,6 +53,21 @@ SMALL_PROBLEM = 2**32
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)  # triton.cdiv is a constexpr function: about 1.5 us per host-side call
+
+
+@functools.lru_cache(maxsize=None)
+def _poison() -> bool:
+    return os.environ.get("SCC_POISON", "").startswith("1")  # read once, as csrc/common.h does
+
+
+def new_output(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty for the launchers' outputs and scratch. With SCC_POISON=1 (the test suite sets it) filled
+    with NaN (-1 for integers) first, like the C++ kernels' alloc_output (csrc/common.h): an element a
+    kernel forgets to write then fails the tests instead of passing with whatever memory held."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if _poison():
+        t.fill_(float("nan") if t.is_floating_point() else -1)
+    return t
 
 
 @triton.jit
@@ -90,7 +106,7 @@ def norms(fs3: torch.Tensor, ft3: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     # ft's norms start 16-byte aligned (the kernels that read them are compiled for aligned pointers); the
     # offset is passed from the host, so it is 64-bit whenever it needs to be
     ft_offset = cdiv(b * ns, 4) * 4
-    out = torch.empty(ft_offset + b * nt, dtype=torch.float32, device=fs3.device)
+    out = new_output(ft_offset + b * nt, torch.float32, fs3.device)
     cfg = NORM_CONFIG
     wrap_triton(_norm_kernel)[(cdiv(max(ns, nt), cfg["BLOCK_N"]), b, 2)](
         fs3, ft3, out, ft_offset, ns, nt, c, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), **cfg)
@@ -287,7 +303,7 @@ def correlation_fwd(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, 
     # na / nb are unread without normalize or with the norms in the loop
     na, nb = norms(fs3, ft3) if normalize and not cfg["NORMS_IN_LOOP"] else (fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
-    out = torch.empty((b, hs, ws, ht, wt), dtype=fs.dtype, device=fs.device)
+    out = new_output((b, hs, ws, ht, wt), fs.dtype, fs.device)
     grid = (cdiv(ns, cfg["BLOCK_M"]) * cdiv(nt, cfg["BLOCK_N"]), b)
     wrap_triton(_corr_fwd_kernel)[grid](
         fs3, ft3, na, nb, out, ns, nt, c, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1),
@@ -314,9 +330,9 @@ def correlation_bwd(grad: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, norm
     tiles_m, tiles_n = cdiv(ns, cfg["BLOCK_M"]), cdiv(nt, cfg["BLOCK_N"])
     na, nb = norms(fs3, ft3) if normalize else (fs3, ft3)
     fs3p, ft3p = pad_rows(fs3), pad_rows(ft3)
-    A = torch.empty((b, ns, nt), dtype=torch.float32, device=fs.device)
-    rowq = torch.empty((b, tiles_n, ns), dtype=torch.float32, device=fs.device)
-    colq = torch.empty((b, tiles_m, nt), dtype=torch.float32, device=fs.device)
+    A = new_output((b, ns, nt), torch.float32, fs.device)
+    rowq = new_output((b, tiles_n, ns), torch.float32, fs.device)
+    colq = new_output((b, tiles_m, nt), torch.float32, fs.device)
     wrap_triton(_corr_bwd_kernel)[(tiles_m * tiles_n, b)](
         fs3p, ft3p, na, nb, g3, A, rowq, colq, ns, nt, c, fs3p.stride(0), fs3p.stride(1), ft3p.stride(0),
         ft3p.stride(1), g3.stride(0), g3.stride(1), eps, NORMALIZE=normalize, RELU=relu, **cfg,

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .correlation import cdiv, check_int32_features, gemm_tile, norms, pad_rows
+from .correlation import cdiv, check_int32_features, gemm_tile, new_output, norms, pad_rows
 
 EPS = 1e-6  # the correlation eps of reference.fused_match
 LOG2E = 1.4426950408889634
@@ -391,10 +391,10 @@ def fused_match_fwd(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int 
     ns, nt = hs * ws, ht * wt
     cfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     dev = fs.device
-    flow = torch.empty((b, hs, ws, 2), dtype=torch.float32, device=dev)
-    conf = torch.empty((b, hs, ws), dtype=torch.float32, device=dev)
-    arg = torch.empty((b, hs, ws), dtype=torch.int64, device=dev)
-    lse = torch.empty((b, ns), dtype=torch.float32, device=dev)
+    flow = new_output((b, hs, ws, 2), torch.float32, dev)
+    conf = new_output((b, hs, ws), torch.float32, dev)
+    arg = new_output((b, hs, ws), torch.int64, dev)
+    lse = new_output((b, ns), torch.float32, dev)
     na, nb = norms(fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
     wrap_triton(_fused_match_fwd_kernel)[(cdiv(ns, cfg["BLOCK_M"]), b)](
@@ -425,9 +425,9 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
     common = (ns, nt, c, wt, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), LOG2E / tau)
 
-    flow = torch.empty((b, ns, 2), dtype=torch.float32, device=dev)
-    S = torch.empty((b, ns), dtype=torch.float32, device=dev)
-    conf = torch.empty((b, ns), dtype=torch.float32, device=dev)
+    flow = new_output((b, ns, 2), torch.float32, dev)
+    S = new_output((b, ns), torch.float32, dev)
+    conf = new_output((b, ns), torch.float32, dev)
     scfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     wrap_triton(_row_stats_kernel)[(cdiv(ns, scfg["BLOCK_M"]), b)](
         fs3, ft3, na, nb, arg, lse, flow, S, conf, *common, EPS, max(window, 0), WINDOWED=windowed, **scfg,
@@ -439,8 +439,8 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     coef = torch.stack([na, lse * LOG2E, u[..., 0], u[..., 1], (u * flow).sum(-1), gconf, gconf * conf],
                        dim=1).contiguous()
 
-    grad_fs = torch.empty_like(fs3)  # row-padded like fs3 / ft3
-    grad_ft = torch.empty_like(ft3)
+    grad_fs = new_output(fs3.shape, fs3.dtype, dev)  # row-padded like fs3 / ft3
+    grad_ft = new_output(ft3.shape, ft3.dtype, dev)
     args = (*common, 1.0 / tau, EPS, max(window, 0))
     fs_cfg, ft_cfg = _grad_cfgs({**BWD_CONFIGS[fs.dtype], **config}, c)
     wrap_triton(_grad_fs_kernel)[(cdiv(ns, fs_cfg["BLOCK_M"]), cdiv(c, fs_cfg["BLOCK_C"]), b)](
