@@ -189,9 +189,10 @@ def soft_argmax(P: torch.Tensor, ht: int, wt: int, window: int = -1, beta: float
         )
         weight = weight * within
     mass = weight.sum(dim=2, keepdim=True)
-    flow = torch.einsum("bnm,mk->bnk", weight, x) / torch.where(mass > 0, mass, torch.ones_like(mass))
+    empty = mass == 0  # not `mass > 0`: a NaN mass (NaN in P) must stay NaN, not become the argmax cell
+    flow = torch.einsum("bnm,mk->bnk", weight, x) / torch.where(empty, torch.ones_like(mass), mass)
     # A window whose mass is 0 (P underflowed everywhere) falls back to the argmax cell.
-    flow = torch.where(mass > 0, flow, x[arg])
+    flow = torch.where(empty, x[arg], flow)
     return flow.reshape(*lead, 2), conf.reshape(lead)
 
 

@@ -262,6 +262,17 @@ def test_soft_argmax(dtype, b, window, flat, beta):
     )
 
 
+def test_soft_argmax_nan_mass_stays_nan():
+    # The argmax-cell fallback is for a window mass of 0 (P underflowed); a NaN in P stays NaN, as in the reference.
+    p = torch.softmax(torch.randn(2, 6, 12, generator=_gen(9), dtype=torch.float64), dim=-1)
+    p[0, 4] = float("nan")
+    for window in (-1, 1):
+        flow, conf = OPS.soft_argmax(p.to(DEV), 3, 4, window, 1.0)
+        rflow, rconf = ref.soft_argmax(p, 3, 4, window)
+        assert torch.isnan(rflow[0, 4]).all() and torch.equal(torch.isnan(flow).cpu(), torch.isnan(rflow))
+        assert torch.equal(torch.isnan(conf).cpu(), torch.isnan(rconf))
+
+
 # ---- conv4d -----------------------------------------------------------------------------------
 
 def _conv_case(dtype, b, cin, cout, k, bias, src=SRC, trg=TRG):

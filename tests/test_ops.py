@@ -359,3 +359,42 @@ def test_inductor_noncontiguous(name):
     must promise the contiguous outputs the kernels return (empty_like(x) kept x's strides)."""
     fn, inputs = next((f, i) for n, f, i in compile_cases("cpu") if n == name)
     check_compiled(fn, inputs)
+
+
+# ---- NaN propagation ----------------------------------------------------------------------------------
+
+
+def nan_feats(dtype=F64):
+    """Features with one NaN channel value at source cell (1, 2, 1): that cell's row of the volume is NaN."""
+    fs, ft = feats(2, 5, 3, 4, 4, 3, dtype=dtype)
+    fs[1, 3, 2, 1] = float("nan")
+    return fs, ft
+
+
+def assert_nan_like(got, ref):
+    assert torch.isnan(ref).any()
+    assert torch.equal(torch.isnan(got), torch.isnan(ref)), (torch.isnan(got).nonzero(), torch.isnan(ref).nonzero())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_nan_feature_propagates(backend, dtype):
+    """A NaN feature gives NaN where the reference has it (the ReLU used to turn it into 0: a confident 'no
+    match' or, in fused_match, a finite flow), not a plausible number."""
+    fs, ft = nan_feats(dtype)
+    ref_corr = R.correlation(fs.double(), ft.double())
+    assert torch.isnan(ref_corr[1, 2, 1]).all() and torch.isnan(ref_corr).sum() == ref_corr[1, 2, 1].numel()
+    with K.use_backend(backend):
+        assert_nan_like(K.correlation(fs, ft), ref_corr)
+        for window in (-1, 1):
+            flow, conf, _ = K.fused_match(fs, ft, 0.1, window)
+            rflow, rconf, _ = R.fused_match(fs.double(), ft.double(), 0.1, window)
+            assert_nan_like(conf, rconf)
+            assert_nan_like(flow, rflow)
+        P = torch.softmax(torch.randn(2, 6, 12, dtype=dtype), dim=2)
+        P[0, 4] = float("nan")  # a NaN window mass stays NaN (the argmax-cell fallback is for mass 0)
+        for window in (-1, 1):
+            flow, conf = K.soft_argmax(P, 3, 4, window)
+            rflow, rconf = R.soft_argmax(P.double(), 3, 4, window)
+            assert_nan_like(flow, rflow)
+            assert_nan_like(conf, rconf)

@@ -206,11 +206,35 @@ def _run_offsets() -> dict:
     return {"out": _rel(out, ref), "A": _rel(A, ref_A)}
 
 
+def _run_nan() -> dict:
+    """One NaN feature value: the Triton kernels' NaN pattern against the reference's (the ReLU kept NaN)."""
+    import torch
+
+    from scc_kernels import reference
+    from scc_kernels.triton.correlation import correlation_fwd
+    from scc_kernels.triton.fused_match import fused_match_fwd
+
+    fs, ft = _inputs("float32", 1, seed=9, zero_rows=False)
+    fs[1, 3, 2, 1] = float("nan")
+    same = lambda got, ref: bool(torch.isnan(ref).any()) and torch.equal(torch.isnan(got), torch.isnan(ref))  # noqa: E731
+    out = {"corr": same(correlation_fwd(fs, ft, True, True, 1e-6, **CORR_BLOCKS),
+                        reference.correlation(fs.double(), ft.double()))}
+    for window in (-1, 1):
+        flow, conf, _, lse = fused_match_fwd(fs, ft, 0.1, window, **MATCH_BLOCKS, RESIDENT_C=0)
+        rflow, rconf, _ = reference.fused_match(fs.double(), ft.double(), 0.1, window)
+        out[f"match{window}"] = same(flow, rflow) and same(conf, rconf) and same(lse, rconf.flatten(1))
+    return out
+
+
 def _main():
     assert os.environ.get("TRITON_INTERPRET") == "1"
     os.environ.setdefault("SCC_POISON", "1")  # as conftest: outputs start as NaN, so unwritten elements fail
     if sys.argv[1:] == ["--ops"]:
         print(json.dumps(_run_ops()))
+        return
+    if sys.argv[1:] == ["--nan"]:
+        _stub_package()
+        print(json.dumps(_run_nan()))
         return
     if sys.argv[1:] == ["--offsets"]:
         _stub_package()
@@ -263,6 +287,16 @@ def test_correlation_offsets_64bit():
     assert proc.returncode == 0, proc.stderr[-4000:]
     err = json.loads(proc.stdout.strip().splitlines()[-1])
     assert err["out"] < TOL["float32"] and err["A"] < TOL["float32"], err
+
+
+def test_nan_feature_propagates_interpret():
+    """A NaN feature gives NaN where the reference has it (tests/test_ops.py checks the other backends)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--nan"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(res.values()), res
 
 
 @pytest.mark.parametrize("case", CORR_CASES, ids=_case_id)

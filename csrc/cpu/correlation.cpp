@@ -53,8 +53,8 @@ at::Tensor correlation(const at::Tensor& fs_in, const at::Tensor& ft_in, bool no
             const scalar_t* bj = b + (r / Ns) * Nt;
             for (int64_t j = 0; j < Nt; ++j) row[j] = row[j] / (ai * bj[j] + e);
           }
-          if (relu)
-            for (int64_t j = 0; j < Nt; ++j) row[j] = row[j] > 0 ? row[j] : scalar_t(0);
+          if (relu)  // NaN-propagating, like the reference's clamp (a NaN feature must not become 0)
+            for (int64_t j = 0; j < Nt; ++j) row[j] = !(row[j] <= 0) ? row[j] : scalar_t(0);
         }
       });
     });

@@ -57,11 +57,12 @@ inline T dot(const T* x, const T* y, int64_t n) {
   return s;
 }
 
-// Logit of one (i, j) pair from its dot product: relu(d / (a_i b_j + eps)) / tau.
+// Logit of one (i, j) pair from its dot product: relu(d / (a_i b_j + eps)) / tau. The ReLU keeps NaN
+// (as the reference's clamp does): a NaN feature must not turn into a confident match.
 template <typename T>
 inline T logit(T d, T ai, T bj, T inv_tau) {
   const T r = d / (ai * bj + static_cast<T>(kEps));
-  return r > 0 ? r * inv_tau : T(0);
+  return !(r <= 0) ? r * inv_tau : T(0);
 }
 
 }  // namespace
@@ -91,6 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
         std::fill(s.begin(), s.end(), T(0));
         std::fill(sx.begin(), sx.end(), T(0));
         std::fill(sy.begin(), sy.end(), T(0));
+        std::fill(best.begin(), best.end(), int64_t(0));  // a row of NaN logits never updates it
         const at::Tensor fs_tile = F.fsT[b].narrow(0, i0, ni);
         for (int64_t j0 = 0; j0 < F.Nt; j0 += TJ) {
           const int64_t nj = std::min(TJ, F.Nt - j0);

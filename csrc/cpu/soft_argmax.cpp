@@ -66,9 +66,9 @@ std::tuple<at::Tensor, at::Tensor> soft_argmax(const at::Tensor& P_in, int64_t h
             sx += v * x;
             sy += v * y;
           }
-        // A window whose mass underflowed to 0 falls back to the argmax cell.
-        f[2 * r] = s > 0 ? sx / s : static_cast<scalar_t>(arg % wt);
-        f[2 * r + 1] = s > 0 ? sy / s : static_cast<scalar_t>(arg / wt);
+        // A window whose mass underflowed to 0 falls back to the argmax cell (a NaN mass stays NaN).
+        f[2 * r] = s != 0 ? sx / s : static_cast<scalar_t>(arg % wt);
+        f[2 * r + 1] = s != 0 ? sy / s : static_cast<scalar_t>(arg / wt);
         cf[r] = row[arg];
       }
     });
@@ -104,7 +104,7 @@ at::Tensor soft_argmax_backward(const at::Tensor& gflow_in, const at::Tensor& gc
         for (int64_t y = w.r0; y <= w.r1; ++y)
           for (int64_t x = w.c0; x <= w.c1; ++x) s += powb(row[y * wt + x], bt);
         const scalar_t fx = f[2 * r], fy = f[2 * r + 1], gx = gf[2 * r], gy = gf[2 * r + 1];
-        for (int64_t y = w.r0; y <= w.r1 && s > 0; ++y)
+        for (int64_t y = w.r0; y <= w.r1 && s != 0; ++y)
           for (int64_t x = w.c0; x <= w.c1; ++x) {
             const scalar_t v = row[y * wt + x];
             const scalar_t dpow = bt == scalar_t(1) ? scalar_t(1) : bt * std::pow(v, bt - 1);

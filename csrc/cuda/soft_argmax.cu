@@ -86,10 +86,11 @@ __global__ void soft_argmax_kernel(const scalar_t* __restrict__ p, int64_t rows,
   if (row >= rows) return;  // warp-uniform
   const RowStats<acc_t> st = row_stats<scalar_t, acc_t>(p + row * ht * wt, ht, wt, window, beta);
   if (threadIdx.x == 0) {
-    // A window whose mass underflowed to 0 falls back to the argmax cell (the contract's rule).
+    // A window whose mass underflowed to 0 falls back to the argmax cell (the contract's rule); a NaN mass
+    // stays NaN, as in the reference.
     const int64_t br = st.best.i / wt;
-    flow[2 * row] = static_cast<scalar_t>(st.s > 0 ? st.sx / st.s : static_cast<acc_t>(st.best.i - br * wt));
-    flow[2 * row + 1] = static_cast<scalar_t>(st.s > 0 ? st.sy / st.s : static_cast<acc_t>(br));
+    flow[2 * row] = static_cast<scalar_t>(st.s != 0 ? st.sx / st.s : static_cast<acc_t>(st.best.i - br * wt));
+    flow[2 * row + 1] = static_cast<scalar_t>(st.s != 0 ? st.sy / st.s : static_cast<acc_t>(br));
     conf[row] = p[row * ht * wt + st.best.i];
   }
 }
@@ -114,7 +115,7 @@ __global__ void soft_argmax_backward_kernel(const scalar_t* __restrict__ gflow, 
     const int64_t r = j / wt, c = j - r * wt;
     const bool in_window = window < 0 || (abs(r - sr) <= window && abs(c - sc) <= window);
     acc_t g = 0;
-    if (in_window && st.s > 0) {
+    if (in_window && st.s != 0) {
       const acc_t dir = gfx * (static_cast<acc_t>(c) - fx) + gfy * (static_cast<acc_t>(r) - fy);
       g = dir * dpow_beta(static_cast<acc_t>(pr[j]), beta) / st.s;
     }

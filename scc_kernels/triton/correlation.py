@@ -193,8 +193,8 @@ def _corr_fwd_kernel(
             a = tl.load(na_ptr + pid_b * Ns + offs_m, mask=mask_m, other=0.0)
             b = tl.load(nb_ptr + pid_b * Nt + offs_n, mask=mask_n, other=0.0)
         d = d / (a[:, None] * b[None, :] + eps)
-    if RELU:
-        d = tl.maximum(d, 0.0)
+    if RELU:  # NaN-propagating, like the reference's clamp (a NaN feature must not become 0)
+        d = tl.maximum(d, 0.0, propagate_nan=tl.PropagateNan.ALL)
     # row offsets in int64: Ns * Nt can reach 2^31 within one batch item (e.g. two 216 x 216 maps)
     out = out_ptr + pid_b * stride_ob + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out, d.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])

@@ -58,6 +58,12 @@ BWD_CONFIGS = {
 
 
 @triton.jit
+def _relu(x):
+    """NaN-propagating, like the reference's clamp: a NaN feature must not turn into a confident match."""
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _load_block_t(x_b, stride_c, offs, C, BLOCK_K: tl.constexpr):
     """The whole channel dimension of cells offs of a row-padded (C, N) layout, as a (len(offs), BLOCK_K)
     tile."""
@@ -116,7 +122,7 @@ def _window_sums(
         mask_n = offs_n < Nt
         d = _scores(q, fs_b, ft_b, stride_sc, stride_tc, offs_m, offs_n, C, RESIDENT, BLOCK_M, BLOCK_N, BLOCK_K)
         nb = tl.load(nb_b + offs_n, mask=mask_n, other=0.0)
-        l2 = tl.maximum(d / (na[:, None] * nb[None, :] + eps), 0.0) * scale
+        l2 = _relu(d / (na[:, None] * nb[None, :] + eps)) * scale
         col = offs_n % wt
         row = offs_n // wt
         inside = mask_n[None, :]
@@ -158,11 +164,14 @@ def _fused_match_fwd_kernel(
         mask_n = offs_n < Nt
         d = _scores(q, fs_b, ft_b, stride_sc, stride_tc, offs_m, offs_n, C, RESIDENT, BLOCK_M, BLOCK_N, BLOCK_K)
         nb = tl.load(nb_b + offs_n, mask=mask_n, other=0.0)
-        l2 = tl.maximum(d / (na[:, None] * nb[None, :] + eps), 0.0) * scale
+        l2 = _relu(d / (na[:, None] * nb[None, :] + eps)) * scale
         l2 = tl.where(mask_n[None, :], l2, float("-inf"))
-        tmax = tl.max(l2, axis=1)
+        # The running max and argmax skip NaN logits (a NaN feature): they still reach the sums below and make
+        # the row's outputs NaN, while m stays a number (and the interpreter's argmax refuses all-NaN rows).
+        l2max = tl.where(l2 == l2, l2, float("-inf"))
+        tmax = tl.max(l2max, axis=1)
         # Strict '>' across tiles and tie_break_left within one keep the first index of the maximum.
-        arg = tl.where(tmax > m, tl.argmax(l2, axis=1).to(tl.int32) + n0, arg)
+        arg = tl.where(tmax > m, tl.argmax(l2max, axis=1).to(tl.int32) + n0, arg)
         m_new = tl.maximum(m, tmax)
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(l2 - m_new[:, None])
@@ -247,7 +256,7 @@ def _grad_tile(
     the program's own cell) is divided out after the contraction; it keeps A in fp16 range."""
     inv_n = 1.0 / (na * nb + eps)
     r = d * inv_n
-    P = tl.where(valid, tl.exp2(tl.maximum(r, 0.0) * scale - lse2), 0.0)
+    P = tl.where(valid, tl.exp2(_relu(r) * scale - lse2), 0.0)
     col = j % wt
     row = j // wt
     gp = ux * col.to(tl.float32) + uy * row.to(tl.float32) - v
