@@ -90,13 +90,68 @@ inline void check_volume(const at::Tensor& corr, const char* name) {
   check_nonempty(corr, name);
 }
 
-// The soft-argmax window: target cells within `window` rows and columns of the argmax (all for -1).
+// ---- scalar arguments -------------------------------------------------------------------------------
+// One set of checks for every op and backend (CPU kernels, csrc/cuda/register.cpp); the Triton launchers
+// and the reference path of the Python API use scc_kernels/_checks.py, which words them the same.
+
+// tau, sigma, beta, and every eps (each sits in a division or a log).
+inline void check_positive(double v, const char* name) {
+  TORCH_CHECK_VALUE(v > 0 && std::isfinite(v), "scc: `", name, "` must be a positive finite number, got ", v);
+}
+
+inline void check_finite(double v, const char* name) {
+  TORCH_CHECK_VALUE(std::isfinite(v), "scc: `", name, "` must be a finite number, got ", v);
+}
+
+// bin_logit's value, where it is on the host: -inf means no bin; NaN and +inf make every probability NaN.
+inline void check_bin_logit_value(double z) {
+  TORCH_CHECK_VALUE(std::isfinite(z) || z < 0, "scc: `bin_logit` must be a finite number or -inf (no bin), got ",
+                    z);
+}
+
+// bin_logit's shape: a learnable scalar, 0-dim or any one-element tensor.
+inline void check_bin_logit_shape(const at::Tensor& bin_logit) {
+  TORCH_CHECK_VALUE(bin_logit.numel() == 1, "scc: `bin_logit` must be a scalar tensor (one element), got shape ",
+                    shape_str(bin_logit));
+}
+
+inline void check_radius(int64_t radius) {
+  TORCH_CHECK_VALUE(radius >= 0, "scc: `radius` must be >= 0, got ", radius);
+}
+
+inline void check_window(int64_t window) {
+  TORCH_CHECK_VALUE(window >= -1, "scc: `window` must be -1 (all cells) or >= 0, got ", window);
+}
+
+// Upper bounds that do not change results, applied before use (so a huge value costs nothing and cannot
+// overflow). masked_vote: source offsets d beyond the source grid only reach cells outside it (zero terms),
+// so the radius is clamped to max(hs, ws) - 1; Gaussian taps e farther than any two cells of the grids can be
+// apart (local: the target grid extended by the radius; global: the offset histogram) only meet zeros, so
+// rho = ceil(2 sigma) is clamped to max(hs, ws) + max(ht, wt) - 2 (also keeps ceil(2 sigma) within int64).
+inline int64_t vote_radius(int64_t radius, int64_t hs, int64_t ws) {
+  return std::min(radius, std::max(hs, ws) - 1);
+}
+
+inline int64_t vote_rho(double sigma, int64_t hs, int64_t ws, int64_t ht, int64_t wt) {
+  const int64_t reach = std::max(hs, ws) + std::max(ht, wt) - 2;
+  const double rho = std::ceil(2.0 * sigma);
+  return rho < static_cast<double>(reach) ? static_cast<int64_t>(rho) : reach;
+}
+
+// soft-argmax window: a half-size of max(ht, wt) already covers the grid from any argmax.
+inline int64_t clamp_window(int64_t window, int64_t ht, int64_t wt) {
+  return std::min(window, std::max(ht, wt));
+}
+
+// The soft-argmax window: target cells within `window` rows and columns of the argmax (all for -1),
+// clipped at the grid's edges (a window near an edge holds fewer cells).
 struct Window {
   int64_t r0, r1, c0, c1;  // inclusive bounds
 };
 
 inline Window window_of(int64_t arg, int64_t ht, int64_t wt, int64_t window) {
   if (window < 0) return {0, ht - 1, 0, wt - 1};
+  window = clamp_window(window, ht, wt);  // r + window cannot overflow
   const int64_t r = arg / wt, c = arg % wt;
   return {std::max<int64_t>(0, r - window), std::min(ht - 1, r + window), std::max<int64_t>(0, c - window),
           std::min(wt - 1, c + window)};

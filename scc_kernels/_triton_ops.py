@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from . import _ops
 from . import reference as R
+from ._checks import check_scalars
 
 
 def _check_pair(fs: torch.Tensor, ft: torch.Tensor) -> None:
@@ -38,13 +39,6 @@ def _check_pair(fs: torch.Tensor, ft: torch.Tensor) -> None:
         raise ValueError(f"scc: `fs` and `ft` must have the same batch size B, got {fs.shape[0]} and {ft.shape[0]}")
     if fs.shape[1] != ft.shape[1]:
         raise ValueError(f"scc: `fs` and `ft` must have the same number of channels C, got {fs.shape[1]} and {ft.shape[1]}")
-
-
-def _check_match(tau: float, window: int) -> None:
-    if not tau > 0:
-        raise ValueError(f"scc: `tau` must be a positive finite number, got {tau}")
-    if window < -1:
-        raise ValueError(f"scc: `window` must be -1 (all cells) or >= 0, got {window}")
 
 
 def _device_of(t: torch.Tensor):
@@ -69,6 +63,7 @@ def _fused_reference(fs, ft, tau, window):
 def correlation_triton(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, relu: bool = True,
                        eps: float = 1e-6) -> torch.Tensor:
     _check_pair(fs, ft)
+    check_scalars(eps=eps)
     if fs.dtype == torch.float64:
         return R.correlation(fs, ft, normalize, relu, eps)
     from .triton.correlation import correlation_fwd
@@ -81,6 +76,7 @@ def correlation_triton(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = Tru
 def correlation_triton_backward(grad: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, normalize: bool,
                                 relu: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     _check_pair(fs, ft)
+    check_scalars(eps=eps)
     if fs.dtype == torch.float64:
         with torch.enable_grad():
             a, b = fs.detach().requires_grad_(), ft.detach().requires_grad_()
@@ -96,7 +92,7 @@ def correlation_triton_backward(grad: torch.Tensor, fs: torch.Tensor, ft: torch.
 def fused_match_triton(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int = -1
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_pair(fs, ft)
-    _check_match(tau, window)
+    check_scalars(tau=tau, window=window)
     if fs.dtype == torch.float64:
         return _fused_reference(fs, ft, tau, window)
     from .triton.fused_match import fused_match_fwd
@@ -110,6 +106,7 @@ def fused_match_triton_backward(grad_flow: torch.Tensor, grad_conf: torch.Tensor
                                 ft: torch.Tensor, tau: float, window: int, flow: torch.Tensor,
                                 argmax: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check_pair(fs, ft)
+    check_scalars(tau=tau, window=window)
     if fs.dtype == torch.float64:
         with torch.enable_grad():
             a, b = fs.detach().requires_grad_(), ft.detach().requires_grad_()

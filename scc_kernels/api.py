@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 
 from . import reference as R
+from ._checks import check_scalars
 
 ops = torch.ops.scc
 
@@ -72,6 +73,7 @@ def correlation(
     (fp32 accumulation; float64 inputs stay float64).
     """
     if _use_reference("correlation", fs):
+        check_scalars(eps=eps)  # the kernels check their own (csrc/common.h, the Triton launchers)
         return R.correlation(fs, ft, normalize, relu, eps)
     op = ops.correlation_triton if _tensor(fs, "fs").is_cuda else ops.correlation  # torch.compile sees the Triton kernels
     return op(fs, _tensor(ft, "ft"), normalize, relu, eps)
@@ -83,6 +85,7 @@ def mutual_nn(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     corr: (B, hs, ws, ht, wt) or (B, Ns, Nt) -> same shape and dtype.
     """
     if _use_reference("mutual_nn", corr):
+        check_scalars(eps=eps)
         return R.mutual_nn(corr, eps)
     return ops.mutual_nn(_tensor(corr, "corr"), eps)
 
@@ -122,6 +125,7 @@ def masked_vote(
     if mask_t is None:
         mask_t = corr.new_ones((b, ht, wt))
     if _use_reference("masked_vote", corr):
+        check_scalars(radius=radius, sigma=sigma, eps=eps)
         return R.masked_vote(corr, mask_s, mask_t, mode, radius, sigma, eps)
     return ops.masked_vote(corr, mask_s, mask_t, mode, radius, sigma, eps)
 
@@ -146,6 +150,7 @@ def calibrate(
     if not isinstance(bin_logit, torch.Tensor):
         bin_logit = torch.tensor(float(bin_logit), dtype=corr.dtype, device=corr.device)
     if _use_reference("calibrate", corr):
+        check_scalars(lam=lam, tau=tau, eps=eps, bin_logit=bin_logit)
         return R.calibrate(corr, g, lam, tau, bin_logit, eps)
     return ops.calibrate(corr, _tensor(g, "g"), lam, tau, bin_logit, eps)
 
@@ -159,6 +164,7 @@ def soft_argmax(
     ``window``: half-size of the window around the argmax (-1: all cells).
     """
     if _use_reference("soft_argmax", P):
+        check_scalars(window=window, beta=beta)
         return R.soft_argmax(P, ht, wt, window, beta)
     return ops.soft_argmax(_tensor(P, "P"), ht, wt, window, beta)
 
@@ -173,6 +179,7 @@ def fused_match(
     (float64 for float64 inputs). Differentiable in fs and ft (backward by recomputation).
     """
     if _use_reference("fused_match", fs):
+        check_scalars(tau=tau, window=window)
         return R.fused_match(fs, ft, tau, window)
     op = ops.fused_match_triton if _tensor(fs, "fs").is_cuda else ops.fused_match  # torch.compile sees the Triton kernels
     flow, conf, arg, _lse = op(fs, _tensor(ft, "ft"), tau, window)

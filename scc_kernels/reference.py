@@ -83,9 +83,10 @@ def conv4d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
-def gaussian_taps(sigma: float, dtype=torch.float64, device=None) -> torch.Tensor:
-    """K(e) = exp(-|e|^2 / (2 sigma^2)) on e in [-rho, rho]^2, rho = ceil(2 sigma): (2rho+1, 2rho+1)."""
-    rho = math.ceil(2 * sigma)
+def gaussian_taps(sigma: float, dtype=torch.float64, device=None, max_rho: int | None = None) -> torch.Tensor:
+    """K(e) = exp(-|e|^2 / (2 sigma^2)) on e in [-rho, rho]^2, rho = ceil(2 sigma) (at most max_rho):
+    (2rho+1, 2rho+1)."""
+    rho = math.ceil(2 * sigma) if max_rho is None else min(math.ceil(2 * sigma), max_rho)
     e = torch.arange(-rho, rho + 1, dtype=dtype, device=device)
     return torch.exp(-(e[:, None] ** 2 + e[None, :] ** 2) / (2 * sigma**2))
 
@@ -123,7 +124,10 @@ def masked_vote(
     """
     b, hs, ws, ht, wt = corr.shape
     w = corr * mask_s[:, :, :, None, None] * mask_t[:, None, None, :, :]
-    kern = gaussian_taps(sigma, corr.dtype, corr.device)
+    # Offsets d beyond the source grid and taps e farther than two cells of the grids can be apart only meet
+    # zeros: clamped (the same result; a huge radius or sigma costs nothing), as in the kernels (csrc/common.h).
+    radius = min(radius, max(hs, ws) - 1)
+    kern = gaussian_taps(sigma, corr.dtype, corr.device, max_rho=max(hs, ws) + max(ht, wt) - 2)
     rho = (kern.shape[0] - 1) // 2
     if mode == "local":
         g = torch.zeros_like(w)
@@ -183,6 +187,7 @@ def soft_argmax(P: torch.Tensor, ht: int, wt: int, window: int = -1, beta: float
     x = grid_coords(ht, wt, p.dtype, p.device)  # (Nt, 2)
     weight = p**beta
     if window >= 0:
+        window = min(window, max(ht, wt))  # the same cells (it covers the grid); keeps the comparison in int64
         row, col = arg // wt, arg % wt
         within = ((x[None, None, :, 1] - row[..., None]).abs() <= window) & (
             (x[None, None, :, 0] - col[..., None]).abs() <= window

@@ -171,3 +171,152 @@ def test_triton_launchers_refuse_feature_maps_past_int32():
         correlation_fwd(fs, ft)
     with pytest.raises(ValueError, match=r"`ft` is too large for the Triton kernels"):
         fused_match_fwd(ft, fs, 0.1)
+
+
+# ---- scalar arguments: the same checks on every backend --------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+CPU_BACKENDS = ["cpu", "reference", "triton"]  # triton: its launchers' ops on CPU tensors raise before a launch
+POSITIVE = "must be a positive finite number"
+
+
+def _call(backend, op, **kw):
+    """op with small valid tensors and the scalar keyword arguments kw, on `backend`."""
+    fs, ft = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 2, 5)
+    c = vol(1, 3, 3, 2, 5)
+    if backend == "triton":
+        if op == "correlation":
+            return torch.ops.scc.correlation_triton(fs, ft, True, True, kw.get("eps", 1e-6))
+        if op == "fused_match":
+            return torch.ops.scc.fused_match_triton(fs, ft, kw.get("tau", 0.1), kw.get("window", -1))
+    with K.use_backend(backend):
+        if op == "correlation":
+            return K.correlation(fs, ft, **kw)
+        if op == "mutual_nn":
+            return K.mutual_nn(c, **kw)
+        if op == "masked_vote":
+            return K.masked_vote(c, **kw)
+        if op == "calibrate":
+            return K.calibrate(c, vol(1, 3, 3, 2, 5), **{"bin_logit": 0.3, **kw})
+        if op == "soft_argmax":
+            return K.soft_argmax(c, 2, 5, **kw)
+        if op == "fused_match":
+            return K.fused_match(fs, ft, **kw)
+    raise AssertionError(op)
+
+
+SCALAR_CASES = (
+    [("correlation", {"eps": v}, f"`eps` {POSITIVE}") for v in (NAN, INF, 0.0, -1e-6)]
+    + [("mutual_nn", {"eps": v}, f"`eps` {POSITIVE}") for v in (NAN, 0.0)]
+    + [("masked_vote", {"sigma": v}, f"`sigma` {POSITIVE}") for v in (INF, NAN, 0.0, -1.0)]
+    + [("masked_vote", {"radius": -1}, r"`radius` must be >= 0, got -1"),
+       ("masked_vote", {"eps": 0.0}, f"`eps` {POSITIVE}"), ("masked_vote", {"eps": NAN}, f"`eps` {POSITIVE}")]
+    + [("calibrate", {"lam": v}, r"`lam` must be a finite number") for v in (NAN, INF, -INF)]
+    + [("calibrate", {"tau": v}, f"`tau` {POSITIVE}") for v in (INF, NAN, 0.0, -0.1)]
+    + [("calibrate", {"eps": v}, f"`eps` {POSITIVE}") for v in (0.0, NAN)]
+    + [("calibrate", {"bin_logit": v}, r"`bin_logit` must be a finite number or -inf \(no bin\)")
+       for v in (NAN, INF, torch.tensor(NAN), torch.tensor([INF]))]
+    + [("calibrate", {"bin_logit": torch.zeros(2)}, r"`bin_logit` must be a scalar tensor \(one element\)")]
+    + [("soft_argmax", {"beta": v}, f"`beta` {POSITIVE}") for v in (INF, NAN, 0.0)]
+    + [("soft_argmax", {"window": -2}, r"`window` must be -1 \(all cells\) or >= 0, got -2")]
+    + [("fused_match", {"tau": v}, f"`tau` {POSITIVE}") for v in (INF, NAN, 0.0)]
+    + [("fused_match", {"window": -2}, r"`window` must be -1 \(all cells\) or >= 0, got -2")]
+)
+
+
+TRITON_OPS = ("correlation", "fused_match")
+BACKEND_CASES = [(b, *case) for b in CPU_BACKENDS for case in SCALAR_CASES if b != "triton" or case[0] in TRITON_OPS]
+
+
+@pytest.mark.parametrize("backend,op,kw,match", BACKEND_CASES,
+                         ids=[f"{b}-{op}-{k}={v!r}" for b, op, kw, _ in BACKEND_CASES for k, v in kw.items()])
+def test_bad_scalar(backend, op, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _call(backend, op, **kw)
+
+
+@pytest.mark.parametrize("backend,op", [(b, op) for b in CPU_BACKENDS for op in (
+    "correlation", "mutual_nn", "masked_vote", "calibrate", "soft_argmax", "fused_match")
+    if b != "triton" or op in TRITON_OPS])
+def test_good_scalars_pass(backend, op):
+    # the harness: valid scalars (a one-element bin_logit of any rank, -inf for no bin) get through
+    if op == "calibrate" and backend != "triton":
+        _call(backend, op, bin_logit=torch.tensor([[0.3]]))
+        _call(backend, op, bin_logit=-INF)
+    if backend == "triton":  # no launch without a GPU (or the interpreter): the checks passed if it got that far
+        pytest.importorskip("triton")
+        with pytest.raises(Exception) as info:
+            _call(backend, op)
+        assert "scc:" not in str(info.value), info.value
+        return
+    _call(backend, op)
+
+
+def _bw_args():
+    c, g = vol(1, 3, 3, 2, 5), vol(1, 3, 3, 2, 5)
+    ms, mt = torch.rand(1, 3, 3), torch.rand(1, 2, 5)
+    fs, ft = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 2, 5)
+    P, Pu = ops_.calibrate(c, g, 0.5, 0.1, torch.tensor(0.2), 1e-6)
+    Pf = torch.softmax(torch.randn(1, 9, 10), 2)
+    flow, conf = ops_.soft_argmax(Pf, 2, 5, 1, 1.0)
+    mflow, mconf, marg, mlse = ops_.fused_match(fs, ft, 0.1, 1)
+    return {
+        "correlation_backward": lambda eps=1e-6: ops_.correlation_backward(torch.ones(1, 3, 3, 2, 5), fs, ft, True,
+                                                                           True, eps),
+        "mutual_nn_backward": lambda eps=1e-5: ops_.mutual_nn_backward(c, c, eps),
+        "masked_vote_backward": lambda radius=1, sigma=1.0, eps=1e-6: ops_.masked_vote_backward(
+            c, c, ms, mt, "local", radius, sigma, eps),
+        "calibrate_backward": lambda lam=0.5, tau=0.1, eps=1e-6: ops_.calibrate_backward(
+            P, Pu, P, Pu, c, g, lam, tau, eps),
+        "soft_argmax_backward": lambda window=1, beta=1.0: ops_.soft_argmax_backward(flow, conf, Pf, flow, 2, 5,
+                                                                                    window, beta),
+        "fused_match_backward": lambda tau=0.1, window=1: ops_.fused_match_backward(mflow, mconf, fs, ft, tau, window,
+                                                                                   mflow, marg, mlse),
+    }
+
+
+ops_ = torch.ops.scc
+BW_CASES = [("correlation_backward", {"eps": 0.0}), ("mutual_nn_backward", {"eps": NAN}),
+            ("masked_vote_backward", {"sigma": INF}), ("masked_vote_backward", {"radius": -1}),
+            ("masked_vote_backward", {"eps": 0.0}), ("calibrate_backward", {"lam": NAN}),
+            ("calibrate_backward", {"tau": INF}), ("calibrate_backward", {"eps": -1.0}),
+            ("soft_argmax_backward", {"beta": INF}), ("soft_argmax_backward", {"window": -3}),
+            ("fused_match_backward", {"tau": NAN}), ("fused_match_backward", {"window": -2})]
+
+
+@pytest.mark.parametrize("op,kw", BW_CASES, ids=[f"{op}-{k}" for op, kw in BW_CASES for k in kw])
+def test_bad_scalar_backward_ops(op, kw):
+    (name,) = kw
+    with pytest.raises(ValueError, match=f"`{name}` must be"):
+        _bw_args()[op](**kw)
+    _bw_args()[op]()  # the defaults pass
+
+
+# ---- upper bounds: clamped before use, results unchanged ---------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_huge_radius_and_sigma(backend, mode):
+    # radius = 100000 made the CPU kernel allocate (2r + ht)(2r + wt) planes (std::bad_alloc); a sigma past
+    # 2^62 made ceil(2 sigma) overflow int64. Offsets and taps past the grids only meet zeros.
+    c = vol(2, 3, 4, 5, 2, dtype=F64)
+    ms, mt = torch.rand(2, 3, 4, dtype=F64), torch.rand(2, 5, 2, dtype=F64)
+    with K.use_backend(backend):
+        big = K.masked_vote(c, ms, mt, mode, 100000, 1.0)
+        edge = K.masked_vote(c, ms, mt, mode, 3, 1.0)  # max(hs, ws) - 1
+        torch.testing.assert_close(big, edge, rtol=0, atol=0)
+        wide = K.masked_vote(c, ms, mt, mode, 1, 1e30)
+    torch.testing.assert_close(wide, R.masked_vote(c, ms, mt, mode, 1, 1e6), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_huge_window(backend):
+    # window = 2**63 - 1 overflowed `r + window` (csrc/common.h window_of); a window of max(ht, wt) covers the grid
+    P = torch.softmax(torch.randn(2, 6, 12, dtype=F64) * 3, dim=2)
+    fs, ft = torch.randn(1, 4, 3, 3, dtype=F64), torch.randn(1, 4, 2, 5, dtype=F64)
+    with K.use_backend(backend):
+        for a, b in zip(K.soft_argmax(P, 3, 4, 2**63 - 1), K.soft_argmax(P, 3, 4, -1)):
+            torch.testing.assert_close(a, b)
+        for a, b in zip(K.fused_match(fs, ft, 0.1, 2**63 - 1), K.fused_match(fs, ft, 0.1, -1)):
+            torch.testing.assert_close(a, b)

@@ -60,6 +60,23 @@ CASES = [
     ("soft_argmax", (F(1, 2, 2, 2, 2), 2, 2, -2, 1.0), "window"),
     ("soft_argmax", (F(2, 3, 4), 2, 2, -1, 0.0), "beta"),
     ("soft_argmax_backward", (F(1, 4, 3), F(1, 4), F(1, 4, 4), F(1, 4, 2), 2, 2, -1, 1.0), "flow"),
+    # scalars: the checks of csrc/common.h, as on CPU (tests/test_bad_inputs.py)
+    ("mutual_nn", (F(2, 3, 4), 0.0), "eps"),
+    ("mutual_nn_backward", (F(2, 3, 4), F(2, 3, 4), float("nan")), "eps"),
+    ("masked_vote", (F(1, 2, 2, 2, 2), F(1, 2, 2), F(1, 2, 2), "local", 1, float("inf"), 1e-6), "sigma"),
+    ("masked_vote", (F(1, 2, 2, 2, 2), F(1, 2, 2), F(1, 2, 2), "local", 1, float("nan"), 1e-6), "sigma"),
+    ("masked_vote", (F(1, 2, 2, 2, 2), F(1, 2, 2), F(1, 2, 2), "local", 1, 1.0, 0.0), "eps"),
+    ("masked_vote_backward", (F(1, 2, 2, 2, 2), F(1, 2, 2, 2, 2), F(1, 2, 2), F(1, 2, 2), "global", 0,
+                              float("inf"), 1e-6), "sigma"),
+    ("calibrate", (F(2, 3, 4), F(2, 3, 4), 1.0, float("inf"), F(), 1e-6), "tau"),
+    ("calibrate", (F(2, 3, 4), F(2, 3, 4), 1.0, -0.1, F(), 1e-6), "tau"),
+    ("calibrate", (F(2, 3, 4), F(2, 3, 4), float("nan"), 0.1, F(), 1e-6), "lam"),
+    ("calibrate", (F(2, 3, 4), F(2, 3, 4), 1.0, 0.1, F(), 0.0), "eps"),
+    ("calibrate", (F(2, 3, 4), F(2, 3, 4), 1.0, 0.1, F(2), 1e-6), "bin_logit"),
+    ("calibrate_backward", (F(1, 4, 3), F(1, 4), F(1, 4, 3), F(1, 4), F(1, 4, 3), F(1, 4, 3), 1.0, -1.0, 1e-6),
+     "tau"),
+    ("soft_argmax", (F(2, 3, 4), 2, 2, -1, float("inf")), "beta"),
+    ("soft_argmax_backward", (F(1, 4, 2), F(1, 4), F(1, 4, 4), F(1, 4, 2), 2, 2, 1, float("nan")), "beta"),
     ("conv4d", (F(1, 2, 3, 3, 3, 3), F(1, 3, 3, 3, 3, 3), None), "weight"),
     ("conv4d", (F(1, 1, 3, 3, 3, 3), F(1, 1, 9, 9, 9, 9), None), "kernel size"),
     ("conv4d", (F(1, 1, 3, 3, 3, 3), F(2, 1, 3, 3, 3, 3), F(3)), "bias"),
@@ -72,6 +89,14 @@ CASES = [
 def test_cuda_argument_check_raises(op, args, word):
     with pytest.raises(ValueError, match=word):
         cuda_kernel(op, *args)
+
+
+@pytest.mark.parametrize("bin_logit", [F(), F(1), F(1, 1)], ids=["0d", "1", "1x1"])
+def test_cuda_calibrate_accepts_one_element_bin_logit(bin_logit):
+    # as the CPU kernel: any one-element tensor; the checks pass and the kernel then asks for the data
+    with pytest.raises(Exception) as info:
+        cuda_kernel("calibrate", F(2, 3, 4), F(2, 3, 4), 1.0, 0.1, bin_logit, 1e-6)
+    assert not isinstance(info.value, ValueError) and "scc:" not in str(info.value), info.value
 
 
 def test_fake_tensors_reach_the_cuda_kernel():

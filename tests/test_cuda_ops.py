@@ -188,6 +188,26 @@ def test_masked_vote_large_plane(dtype, mode):
     )
 
 
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_masked_vote_huge_radius_and_sigma(mode):
+    # Clamped before use (csrc/common.h): radius to the source grid, rho = ceil(2 sigma) to the grids' reach.
+    # Unclamped, a radius of 100000 sized the extended planes and sigma = 1e30 overflowed rho.
+    g = _gen(10)
+    corr = torch.rand(1, *SRC, *TRG, generator=g, dtype=torch.float64)
+    ms = torch.rand(1, *SRC, generator=g, dtype=torch.float64)
+    mt = torch.rand(1, *TRG, generator=g, dtype=torch.float64)
+    grad = torch.randn(1, *SRC, *TRG, generator=g, dtype=torch.float64)
+    for radius, sigma in ((100000, 1.0), (1, 1e30)):
+        out = OPS.masked_vote(corr.to(DEV), ms.to(DEV), mt.to(DEV), mode, radius, sigma, 1e-6).cpu()
+        truth = ref.masked_vote(corr, ms, mt, mode, radius, sigma, 1e-6)
+        torch.testing.assert_close(out, truth, rtol=1e-10, atol=1e-12)
+        gc, _, _ = OPS.masked_vote_backward(grad.to(DEV), corr.to(DEV), ms.to(DEV), mt.to(DEV), mode, radius, sigma,
+                                            1e-6)
+        c64 = corr.clone().requires_grad_()
+        (tc,) = torch.autograd.grad(ref.masked_vote(c64, ms, mt, mode, radius, sigma, 1e-6), c64, grad)
+        torch.testing.assert_close(gc.cpu(), tc, rtol=1e-10, atol=1e-12)
+
+
 # ---- calibrate --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
@@ -260,6 +280,19 @@ def test_soft_argmax(dtype, b, window, flat, beta):
         lambda ins, outs, gos: (OPS.soft_argmax_backward(gos[0], gos[1], ins[0], outs[0], ht, wt, window, beta),),
         [p], [grad_flow, grad_conf], [0], dtype, "cpu", ("soft_argmax", "soft_argmax_backward"),
     )
+
+
+def test_soft_argmax_huge_window():
+    # window = 2**63 - 1 overflowed `r + window`; clamped to max(ht, wt) it covers the grid, like window = -1
+    p = torch.softmax(3 * torch.randn(2, 6, 12, generator=_gen(11), dtype=torch.float64), dim=-1)
+    gflow, gconf = torch.randn(2, 6, 2, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    flow, conf = OPS.soft_argmax(p.to(DEV), 3, 4, 2**63 - 1, 1.0)
+    rflow, rconf = ref.soft_argmax(p, 3, 4, -1)
+    torch.testing.assert_close(flow.cpu(), rflow, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conf.cpu(), rconf)
+    gp = OPS.soft_argmax_backward(gflow.to(DEV), gconf.to(DEV), p.to(DEV), flow, 3, 4, 2**63 - 1, 1.0)
+    gp_all = OPS.soft_argmax_backward(gflow.to(DEV), gconf.to(DEV), p.to(DEV), flow, 3, 4, -1, 1.0)
+    torch.testing.assert_close(gp, gp_all, rtol=1e-12, atol=1e-12)
 
 
 def test_soft_argmax_nan_mass_stays_nan():

@@ -16,17 +16,23 @@ namespace scc {
 namespace cpu {
 namespace {
 
-void check_calibrate_args(const at::Tensor& corr, const at::Tensor& g, double tau, const at::Tensor& bin_logit) {
+void check_calibrate_scalars(double lam, double tau, double eps) {
+  check_finite(lam, "lam");
+  check_positive(tau, "tau");
+  check_positive(eps, "eps");
+}
+
+void check_calibrate_args(const at::Tensor& corr, const at::Tensor& g, double lam, double tau,
+                          const at::Tensor& bin_logit, double eps) {
   check_volume(corr, "corr");
   TORCH_CHECK_VALUE(g.sizes() == corr.sizes(), "scc: `g` must have the shape of `corr` ", shape_str(corr), ", got ",
                     shape_str(g));
   check_same_dtype(corr, "corr", g, "g");
   check_same_device(corr, "corr", g, "g");
-  TORCH_CHECK_VALUE(bin_logit.numel() == 1, "scc: `bin_logit` must be a scalar tensor (one element), got shape ",
-                    shape_str(bin_logit));
+  check_bin_logit_shape(bin_logit);
   check_same_dtype(corr, "corr", bin_logit, "bin_logit");
   check_same_device(corr, "corr", bin_logit, "bin_logit");
-  TORCH_CHECK_VALUE(tau > 0 && std::isfinite(tau), "scc: `tau` must be a positive finite number, got ", tau);
+  check_calibrate_scalars(lam, tau, eps);
 }
 
 // Another tensor that goes with `corr`: same device and dtype.
@@ -39,12 +45,13 @@ void check_like_corr(const at::Tensor& t, const char* name, const at::Tensor& co
 
 std::tuple<at::Tensor, at::Tensor> calibrate(const at::Tensor& corr_in, const at::Tensor& g_in, double lam, double tau,
                                              const at::Tensor& bin_logit, double eps) {
-  check_calibrate_args(corr_in, g_in, tau, bin_logit);
+  check_calibrate_args(corr_in, g_in, lam, tau, bin_logit, eps);
   const at::Tensor corr = widen(corr_in), g = widen(g_in);
   const int64_t B = corr.size(0), Ns = vol_ns(corr), Nt = vol_nt(corr), rows = B * Ns;
   at::Tensor P = alloc_output({B, Ns, Nt}, corr.options());
   at::Tensor Pu = alloc_output({B, Ns}, corr.options());
   const double z = bin_logit.item<double>();
+  check_bin_logit_value(z);
   const at::Tensor c2 = corr.view({rows, Nt}), g2 = g.view({rows, Nt});
   at::Tensor P2 = P.view({rows, Nt}), Pu1 = Pu.view({rows});
   // Blocks of rows small enough to stay in cache go through ATen's vectorised log/exp (SLEEF) in place:
@@ -76,6 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> calibrate_backward(const at::Tens
                                                                   const at::Tensor& corr_in, const at::Tensor& g_in,
                                                                   double lam, double tau, double eps) {
   check_volume(corr_in, "corr");
+  check_calibrate_scalars(lam, tau, eps);
   check_like_corr(g_in, "g", corr_in);
   TORCH_CHECK_VALUE(g_in.sizes() == corr_in.sizes(), "scc: `g` must have the shape of `corr` ", shape_str(corr_in),
                     ", got ", shape_str(g_in));

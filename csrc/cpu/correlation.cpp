@@ -28,6 +28,7 @@ namespace cpu {
 
 at::Tensor correlation(const at::Tensor& fs_in, const at::Tensor& ft_in, bool normalize, bool relu, double eps) {
   check_feature_pair(fs_in, ft_in);
+  check_positive(eps, "eps");
   const at::Tensor fs = widen(fs_in), ft = widen(ft_in);
   const int64_t B = fs.size(0), C = fs.size(1), hs = fs.size(2), ws = fs.size(3), ht = ft.size(2), wt = ft.size(3);
   const int64_t Ns = hs * ws, Nt = ht * wt;
@@ -66,6 +67,7 @@ std::tuple<at::Tensor, at::Tensor> correlation_backward(const at::Tensor& grad_i
                                                         const at::Tensor& ft_in, bool normalize, bool relu,
                                                         double eps) {
   check_feature_pair(fs_in, ft_in);
+  check_positive(eps, "eps");
   const at::Tensor fs = widen(fs_in), ft = widen(ft_in);
   const int64_t B = fs.size(0), C = fs.size(1), Ns = fs.size(2) * fs.size(3), Nt = ft.size(2) * ft.size(3);
   TORCH_CHECK_VALUE(grad_in.numel() == B * Ns * Nt, "scc: correlation_backward: `grad` must have ", B * Ns * Nt,

@@ -36,8 +36,8 @@ struct Features {
 
 Features prepare(const at::Tensor& fs_in, const at::Tensor& ft_in, double tau, int64_t window) {
   check_feature_pair(fs_in, ft_in);
-  TORCH_CHECK_VALUE(tau > 0 && std::isfinite(tau), "scc: `tau` must be a positive finite number, got ", tau);
-  TORCH_CHECK_VALUE(window >= -1, "scc: `window` must be -1 (all cells) or >= 0, got ", window);
+  check_positive(tau, "tau");
+  check_window(window);
   Features F;
   const at::Tensor fs = widen(fs_in), ft = widen(ft_in);
   F.B = fs.size(0); F.C = fs.size(1); F.hs = fs.size(2); F.ws = fs.size(3); F.ht = ft.size(2); F.wt = ft.size(3);

@@ -27,9 +27,9 @@ struct Grid {
   int64_t nt() const { return ht * wt; }
 };
 
+// The taps K(e), e in [-rho, rho] (rho from vote_rho: ceil(2 sigma), clamped to the grids' reach).
 template <typename T>
-std::vector<T> gauss_1d(double sigma) {
-  const int64_t rho = static_cast<int64_t>(std::ceil(2 * sigma));
+std::vector<T> gauss_1d(double sigma, int64_t rho) {
   std::vector<T> k(2 * rho + 1);
   for (int64_t e = -rho; e <= rho; ++e) k[e + rho] = static_cast<T>(std::exp(-double(e * e) / (2 * sigma * sigma)));
   return k;
@@ -37,9 +37,8 @@ std::vector<T> gauss_1d(double sigma) {
 
 // h = A(w) with w_ij = src_ij * ms_i * mt_j (ms, mt may be null: all ones).
 template <typename T>
-void vote_local(const T* src, const T* ms, const T* mt, T* h, const Grid& G, int64_t r, double sigma) {
-  const auto k = gauss_1d<T>(sigma);
-  const int64_t rho = (static_cast<int64_t>(k.size()) - 1) / 2;
+void vote_local(const T* src, const T* ms, const T* mt, T* h, const Grid& G, int64_t r, double sigma, int64_t rho) {
+  const auto k = gauss_1d<T>(sigma, rho);
   const int64_t He = G.ht + 2 * r, We = G.wt + 2 * r, Ns = G.ns(), Nt = G.nt();
   std::vector<T> u(G.B * Ns * He * We);
   std::vector<T> v(G.B * Ns * G.ht * We);
@@ -105,9 +104,8 @@ void vote_local(const T* src, const T* ms, const T* mt, T* h, const Grid& G, int
 }
 
 template <typename T>
-void vote_global(const T* src, const T* ms, const T* mt, T* h, const Grid& G, double sigma) {
-  const auto k = gauss_1d<T>(sigma);
-  const int64_t rho = (static_cast<int64_t>(k.size()) - 1) / 2;
+void vote_global(const T* src, const T* ms, const T* mt, T* h, const Grid& G, double sigma, int64_t rho) {
+  const auto k = gauss_1d<T>(sigma, rho);
   const int64_t Hh = G.hs + G.ht - 1, Hw = G.ws + G.wt - 1, Ns = G.ns(), Nt = G.nt();
   std::vector<T> hist(G.B * Hh * Hw), tmp(G.B * Hh * Hw), blur(G.B * Hh * Hw);
   // Scatter: each task owns one histogram row (one row offset oy), so no two threads add to the same bin.
@@ -162,19 +160,20 @@ void vote_global(const T* src, const T* ms, const T* mt, T* h, const Grid& G, do
   });
 }
 
-template <typename T>
-void vote(const T* src, const T* ms, const T* mt, T* h, const Grid& G, bool local, int64_t r, double sigma) {
-  if (local) vote_local(src, ms, mt, h, G, r, sigma);
-  else vote_global(src, ms, mt, h, G, sigma);
-}
-
 struct VoteArgs {
   Grid grid;
   bool local;
+  int64_t radius, rho;  // clamped (vote_radius, vote_rho in common.h): the same result, bounded work
 };
 
+template <typename T>
+void vote(const T* src, const T* ms, const T* mt, T* h, const VoteArgs& a, double sigma) {
+  if (a.local) vote_local(src, ms, mt, h, a.grid, a.radius, sigma, a.rho);
+  else vote_global(src, ms, mt, h, a.grid, sigma, a.rho);
+}
+
 VoteArgs check_vote_args(const at::Tensor& corr, const at::Tensor& ms, const at::Tensor& mt, c10::string_view mode,
-                         int64_t radius, double sigma) {
+                         int64_t radius, double sigma, double eps) {
   check_rank(corr, 5, "corr", "(B, hs, ws, ht, wt)");
   check_floating(corr, "corr");
   check_nonempty(corr, "corr");
@@ -189,21 +188,22 @@ VoteArgs check_vote_args(const at::Tensor& corr, const at::Tensor& ms, const at:
   check_same_device(corr, "corr", mt, "mask_t");
   TORCH_CHECK_VALUE(mode == "local" || mode == "global", "scc: `mode` must be 'local' or 'global', got '",
                     std::string(mode), "'");
-  TORCH_CHECK_VALUE(radius >= 0, "scc: `radius` must be >= 0, got ", radius);
-  TORCH_CHECK_VALUE(sigma > 0 && std::isfinite(sigma), "scc: `sigma` must be a positive finite number, got ", sigma);
-  return {{B, hs, ws, ht, wt}, mode == "local"};
+  check_radius(radius);
+  check_positive(sigma, "sigma");
+  check_positive(eps, "eps");
+  return {{B, hs, ws, ht, wt}, mode == "local", vote_radius(radius, hs, ws), vote_rho(sigma, hs, ws, ht, wt)};
 }
 
 }  // namespace
 
 at::Tensor masked_vote(const at::Tensor& corr_in, const at::Tensor& ms_in, const at::Tensor& mt_in, c10::string_view mode,
                        int64_t radius, double sigma, double eps) {
-  const VoteArgs a = check_vote_args(corr_in, ms_in, mt_in, mode, radius, sigma);
+  const VoteArgs a = check_vote_args(corr_in, ms_in, mt_in, mode, radius, sigma, eps);
   const at::Tensor corr = widen(corr_in), ms = widen(ms_in), mt = widen(mt_in);
   at::Tensor out = alloc_output(corr.sizes(), corr.options());
   AT_DISPATCH_FLOATING_TYPES(corr.scalar_type(), "scc_masked_vote", [&] {
     scalar_t* h = out.data_ptr<scalar_t>();
-    vote(corr.data_ptr<scalar_t>(), ms.data_ptr<scalar_t>(), mt.data_ptr<scalar_t>(), h, a.grid, a.local, radius, sigma);
+    vote(corr.data_ptr<scalar_t>(), ms.data_ptr<scalar_t>(), mt.data_ptr<scalar_t>(), h, a, sigma);
     const int64_t per = a.grid.ns() * a.grid.nt();
     at::parallel_for(0, a.grid.B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -220,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
                                                                     const at::Tensor& ms_in, const at::Tensor& mt_in,
                                                                     c10::string_view mode, int64_t radius, double sigma,
                                                                     double eps) {
-  const VoteArgs a = check_vote_args(corr_in, ms_in, mt_in, mode, radius, sigma);
+  const VoteArgs a = check_vote_args(corr_in, ms_in, mt_in, mode, radius, sigma, eps);
   TORCH_CHECK_VALUE(grad_in.sizes() == corr_in.sizes(), "scc: masked_vote_backward: `grad` must have the shape of `corr` ",
                     shape_str(corr_in), ", got ", shape_str(grad_in));
   const at::Tensor corr = widen(corr_in), ms = widen(ms_in), mt = widen(mt_in);
@@ -231,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
     scalar_t* hp = h.data_ptr<scalar_t>();
     scalar_t* ghp = gh.data_ptr<scalar_t>();
     const scalar_t* gp = grad.data_ptr<scalar_t>();
-    vote(corr.data_ptr<scalar_t>(), ms.data_ptr<scalar_t>(), mt.data_ptr<scalar_t>(), hp, a.grid, a.local, radius, sigma);
+    vote(corr.data_ptr<scalar_t>(), ms.data_ptr<scalar_t>(), mt.data_ptr<scalar_t>(), hp, a, sigma);
     // g = h / (max h + eps): the gradient reaches h directly and through its (first) maximum.
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
@@ -248,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
         out[am] -= dot / (den * den);
       }
     });
-    vote<scalar_t>(ghp, nullptr, nullptr, gw.data_ptr<scalar_t>(), a.grid, a.local, radius, sigma);
+    vote<scalar_t>(ghp, nullptr, nullptr, gw.data_ptr<scalar_t>(), a, sigma);
   });
   // gw = dL/dw with w = corr * ms * mt.
   at::Tensor gw_flat = gw.view({B, Ns, Nt});

@@ -76,6 +76,7 @@ Maxima<T> maxima(const T* c, int64_t B, int64_t Ns, int64_t Nt) {
 
 at::Tensor mutual_nn(const at::Tensor& corr_in, double eps) {
   check_volume(corr_in, "corr");
+  check_positive(eps, "eps");
   const at::Tensor corr = widen(corr_in);
   const int64_t B = corr.size(0), Ns = vol_ns(corr), Nt = vol_nt(corr);
   at::Tensor out = alloc_output(corr.sizes(), corr.options());
@@ -102,6 +103,7 @@ at::Tensor mutual_nn(const at::Tensor& corr_in, double eps) {
 
 at::Tensor mutual_nn_backward(const at::Tensor& grad_in, const at::Tensor& corr_in, double eps) {
   check_volume(corr_in, "corr");
+  check_positive(eps, "eps");
   TORCH_CHECK_VALUE(grad_in.sizes() == corr_in.sizes(), "scc: mutual_nn_backward: `grad` must have the shape of `corr` ",
                     shape_str(corr_in), ", got ", shape_str(grad_in));
   const at::Tensor corr = widen(corr_in);

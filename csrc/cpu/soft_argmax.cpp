@@ -27,8 +27,8 @@ void check_soft_argmax_args(const at::Tensor& P, int64_t ht, int64_t wt, int64_t
                     vol_nt(P), " of `P` ", shape_str(P), ", got ht=", ht, ", wt=", wt);
   TORCH_CHECK_VALUE(P.dim() != 5 || (P.size(3) == ht && P.size(4) == wt), "scc: `ht`, `wt` = (", ht, ", ", wt,
                     ") do not match the target axes of `P` ", shape_str(P));
-  TORCH_CHECK_VALUE(window >= -1, "scc: `window` must be -1 (all cells) or >= 0, got ", window);
-  TORCH_CHECK_VALUE(beta > 0 && std::isfinite(beta), "scc: `beta` must be a positive finite number, got ", beta);
+  check_window(window);
+  check_positive(beta, "beta");
 }
 
 template <typename T>

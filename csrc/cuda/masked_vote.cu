@@ -510,10 +510,13 @@ struct Checked {
   bool local;
 };
 
-// Arguments are checked by the caller (register.cpp): shapes, dtypes, devices, mode, radius >= 0, sigma > 0.
+// Arguments are checked by the caller (register.cpp): shapes, dtypes, devices, mode, radius >= 0, sigma > 0
+// finite. Radius and rho are clamped to what can reach a grid cell (common.h): the same result, and bounded
+// shared memory / grids for any radius or sigma.
 Checked make_dims(const at::Tensor& corr, c10::string_view mode, int64_t radius, double sigma) {
-  const int64_t rho = static_cast<int64_t>(std::ceil(2.0 * sigma));
-  return {Dims{corr.size(0), corr.size(1), corr.size(2), corr.size(3), corr.size(4), radius, rho}, mode == "local"};
+  const int64_t hs = corr.size(1), ws = corr.size(2), ht = corr.size(3), wt = corr.size(4);
+  return {Dims{corr.size(0), hs, ws, ht, wt, vote_radius(radius, hs, ws), vote_rho(sigma, hs, ws, ht, wt)},
+          mode == "local"};
 }
 
 constexpr int64_t kMaxSmem = 48 * 1024;  // dynamic shared memory without an opt-in

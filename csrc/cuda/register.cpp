@@ -44,11 +44,13 @@ void check_cuda_volume(const at::Tensor& corr, const char* name) {
 
 at::Tensor mutual_nn(const at::Tensor& corr, double eps) {
   check_cuda_volume(corr, "corr");
+  check_positive(eps, "eps");
   return cuda::mutual_nn(corr, eps);
 }
 
 at::Tensor mutual_nn_backward(const at::Tensor& grad, const at::Tensor& corr, double eps) {
   check_cuda_volume(corr, "corr");
+  check_positive(eps, "eps");
   check_floating(grad, "grad");
   check_like(grad, "grad", corr, "corr");
   check_same_shape(grad, "grad", corr, "corr");
@@ -95,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv4d_backward(const at::Tensor&
 }
 
 void check_vote(const at::Tensor& corr, const at::Tensor& ms, const at::Tensor& mt, c10::string_view mode,
-                int64_t radius, double sigma) {
+                int64_t radius, double sigma, double eps) {
   check_rank(corr, 5, "corr", "(B, hs, ws, ht, wt)");
   check_cuda_volume(corr, "corr");
   check_rank(ms, 3, "mask_s", "(B, hs, ws)");
@@ -113,13 +115,14 @@ void check_vote(const at::Tensor& corr, const at::Tensor& ms, const at::Tensor& 
   // a block per (b, source cell): B Ns within grid.x's limit
   TORCH_CHECK_VALUE(corr.size(0) * vol_ns(corr) <= INT32_MAX, "scc: `corr` is too large for the CUDA kernels, ",
                     "got shape ", shape_str(corr));
-  TORCH_CHECK_VALUE(radius >= 0, "scc: `radius` must be >= 0, got ", radius);
-  TORCH_CHECK_VALUE(sigma > 0, "scc: `sigma` must be > 0, got ", sigma);
+  check_radius(radius);
+  check_positive(sigma, "sigma");  // an infinite sigma made 2 sigma^2 infinite and rho = ceil(2 sigma) undefined
+  check_positive(eps, "eps");
 }
 
 at::Tensor masked_vote(const at::Tensor& corr, const at::Tensor& ms, const at::Tensor& mt, c10::string_view mode,
                        int64_t radius, double sigma, double eps) {
-  check_vote(corr, ms, mt, mode, radius, sigma);
+  check_vote(corr, ms, mt, mode, radius, sigma, eps);
   return cuda::masked_vote(corr, ms, mt, mode, radius, sigma, eps);
 }
 
@@ -127,24 +130,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
                                                                     const at::Tensor& ms, const at::Tensor& mt,
                                                                     c10::string_view mode, int64_t radius,
                                                                     double sigma, double eps) {
-  check_vote(corr, ms, mt, mode, radius, sigma);
+  check_vote(corr, ms, mt, mode, radius, sigma, eps);
   check_like(grad, "grad", corr, "corr");
   check_same_shape(grad, "grad", corr, "corr");
   return cuda::masked_vote_backward(grad, corr, ms, mt, mode, radius, sigma, eps);
 }
 
-void check_calib(const at::Tensor& corr, const at::Tensor& g, double tau) {
+void check_calib(const at::Tensor& corr, const at::Tensor& g, double lam, double tau, double eps) {
   check_cuda_volume(corr, "corr");
   check_volume(g, "g");
   check_like(g, "g", corr, "corr");
   check_same_shape(g, "g", corr, "corr");
-  TORCH_CHECK_VALUE(tau != 0, "scc: `tau` must be non-zero");
+  check_finite(lam, "lam");
+  check_positive(tau, "tau");
+  check_positive(eps, "eps");
 }
 
 std::tuple<at::Tensor, at::Tensor> calibrate(const at::Tensor& corr, const at::Tensor& g, double lam, double tau,
                                              const at::Tensor& bin_logit, double eps) {
-  check_calib(corr, g, tau);
-  check_rank(bin_logit, 0, "bin_logit", "()");
+  check_calib(corr, g, lam, tau, eps);
+  // one element, of any rank, as on CPU; its value is read on the device (no host sync), so it is not checked
+  // here: a NaN or +inf bin makes the probabilities NaN, as in the reference
+  check_bin_logit_shape(bin_logit);
   check_like(bin_logit, "bin_logit", corr, "corr");
   return cuda::calibrate(corr, g, lam, tau, bin_logit, eps);
 }
@@ -154,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> calibrate_backward(const at::Tens
                                                                   const at::Tensor& P, const at::Tensor& P_unmatched,
                                                                   const at::Tensor& corr, const at::Tensor& g,
                                                                   double lam, double tau, double eps) {
-  check_calib(corr, g, tau);
+  check_calib(corr, g, lam, tau, eps);
   const int64_t batch = corr.size(0), ns = vol_ns(corr), nt = vol_nt(corr);
   const std::pair<const at::Tensor*, const char*> probs[] = {{&grad_P, "grad_P"}, {&P, "P"}};
   for (const auto& [t, name] : probs) {
@@ -182,8 +189,8 @@ void check_p(const at::Tensor& p, int64_t ht, int64_t wt, int64_t window, double
     check_dim_eq(p.size(3), ht, "P.shape[3] (ht)");
     check_dim_eq(p.size(4), wt, "P.shape[4] (wt)");
   }
-  TORCH_CHECK_VALUE(window >= -1, "scc: `window` must be -1 (all cells) or >= 0, got ", window);
-  TORCH_CHECK_VALUE(beta > 0, "scc: `beta` must be > 0, got ", beta);
+  check_window(window);
+  check_positive(beta, "beta");
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_argmax(const at::Tensor& P, int64_t ht, int64_t wt, int64_t window,

@@ -23,7 +23,8 @@ __device__ __forceinline__ acc_t dpow_beta(acc_t p, acc_t beta) {
   return beta == acc_t(1) ? acc_t(1) : beta * pow(p, beta - acc_t(1));
 }
 
-// The window around j* clipped to the grid: rows [r0, r1], cols [c0, c1].
+// The window around j* clipped to the grid: rows [r0, r1], cols [c0, c1]. `window` is at most max(ht, wt)
+// (clamped by the host functions below), so r + window cannot overflow.
 struct Window {
   int64_t r0, r1, c0, c1;
   __device__ Window(int64_t jstar, int64_t ht, int64_t wt, int64_t window) {
@@ -137,6 +138,7 @@ std::tuple<at::Tensor, at::Tensor> soft_argmax(const at::Tensor& P_in, int64_t h
   const c10::cuda::CUDAGuard guard(P_in.device());
   const at::Tensor p = P_in.contiguous();
   const int64_t rows = p.size(0) * vol_ns(p);
+  window = window < 0 ? window : clamp_window(window, ht, wt);  // the same cells; r + window cannot overflow
   std::vector<int64_t> lead = lead_shape(p);
   at::Tensor conf = alloc_output(lead, p.options());
   lead.push_back(2);
@@ -159,6 +161,7 @@ at::Tensor soft_argmax_backward(const at::Tensor& grad_flow_in, const at::Tensor
   const at::Tensor p = P_in.contiguous(), flow = flow_in.contiguous();
   const at::Tensor gflow = grad_flow_in.contiguous(), gconf = grad_conf_in.contiguous();
   const int64_t rows = p.size(0) * vol_ns(p);
+  window = window < 0 ? window : clamp_window(window, ht, wt);
   at::Tensor gp = alloc_output(p.sizes(), p.options());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   SCC_DISPATCH_FLOATING(p.scalar_type(), "scc_soft_argmax_backward_cuda", [&] {

@@ -406,9 +406,10 @@ def fused_match_fwd(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int 
     lse = new_output((b, ns), torch.float32, dev)
     na, nb = norms(fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
+    radius = min(max(window, 0), max(ht, wt))  # the same cells: the window covers the grid from any argmax
     wrap_triton(_fused_match_fwd_kernel)[(cdiv(ns, cfg["BLOCK_M"]), b)](
         fs3, ft3, na, nb, flow, conf, arg, lse, ns, nt, c, wt,
-        fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), LOG2E / tau, EPS, max(window, 0),
+        fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), LOG2E / tau, EPS, radius,
         WINDOWED=window >= 0, **cfg,
     )
     return flow, conf, arg, lse
@@ -433,13 +434,14 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     na, nb = norms(fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)
     common = (ns, nt, c, wt, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), LOG2E / tau)
+    radius = min(max(window, 0), max(ht, wt))  # the same cells: the window covers the grid from any argmax
 
     flow = new_output((b, ns, 2), torch.float32, dev)
     S = new_output((b, ns), torch.float32, dev)
     conf = new_output((b, ns), torch.float32, dev)
     scfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     wrap_triton(_row_stats_kernel)[(cdiv(ns, scfg["BLOCK_M"]), b)](
-        fs3, ft3, na, nb, arg, lse, flow, S, conf, *common, EPS, max(window, 0), WINDOWED=windowed, **scfg,
+        fs3, ft3, na, nb, arg, lse, flow, S, conf, *common, EPS, radius, WINDOWED=windowed, **scfg,
     )
     gflow = torch.zeros_like(flow) if grad_flow is None else grad_flow.reshape(b, ns, 2).float()
     gconf = torch.zeros_like(S) if grad_conf is None else grad_conf.reshape(b, ns).float()
@@ -450,7 +452,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
 
     grad_fs = new_output(fs3.shape, fs3.dtype, dev)  # row-padded like fs3 / ft3
     grad_ft = new_output(ft3.shape, ft3.dtype, dev)
-    args = (*common, 1.0 / tau, EPS, max(window, 0))
+    args = (*common, 1.0 / tau, EPS, radius)
     fs_cfg, ft_cfg = _grad_cfgs({**BWD_CONFIGS[fs.dtype], **config}, c)
     wrap_triton(_grad_fs_kernel)[(cdiv(ns, fs_cfg["BLOCK_M"]), cdiv(c, fs_cfg["BLOCK_C"]), b)](
         fs3, ft3, nb, coef, arg, grad_fs, *args, WINDOWED=windowed, **fs_cfg)
