@@ -161,7 +161,11 @@ def soft_argmax(
     """Windowed soft-argmax: flow in target grid cells (col, row) and confidence P at the argmax.
 
     P: (B, Ns, Nt) -> flow: (B, Ns, 2), conf: (B, Ns); P: (B, hs, ws, ht, wt) -> (B, hs, ws, 2), (B, hs, ws).
-    ``window``: half-size of the window around the argmax (-1: all cells).
+    ``window``: half-size of the window around the argmax (-1: all cells). The window is clipped at the
+    grid's edges (no padding, no wrap-around): around an argmax within ``window`` cells of an edge it holds
+    fewer than (2 window + 1)^2 cells, and flow is the P^beta-weighted mean over the cells inside the grid
+    only, so there it leans toward the interior. A window of max(ht, wt) or more covers the whole grid
+    (the same as -1). Where the window's mass is 0 (P underflowed), flow is the argmax cell.
     """
     if _use_reference("soft_argmax", P):
         check_scalars(window=window, beta=beta)

@@ -179,7 +179,9 @@ def soft_argmax(P: torch.Tensor, ht: int, wt: int, window: int = -1, beta: float
     P: (B, Ns, Nt) -> flow: (B, Ns, 2), conf: (B, Ns); or P: (B, hs, ws, ht, wt) -> (B, hs, ws, 2), (B, hs, ws).
     j* = argmax_j P_ij; flow_i = sum_{j in W} P_ij^beta x_j / sum_{j in W} P_ij^beta over the
     (2 window + 1)^2 cells around j* (window = -1: all cells); conf_i = P_ij*. flow is (col, row).
-    Where the window's mass is 0 (P underflowed), flow_i = x_j* (no gradient).
+    W is clipped at the grid's edges (no padding, no wrap-around): for j* within `window` cells of an edge it
+    holds only the cells inside the grid, fewer than (2 window + 1)^2, so flow_i leans toward the interior.
+    Where the window's mass is 0 (P underflowed), flow_i = x_j* (no gradient); a NaN mass stays NaN.
     """
     lead = P.shape[:-2] if P.dim() == 5 else P.shape[:-1]
     p = _flat(P)
