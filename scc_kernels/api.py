@@ -148,6 +148,8 @@ def calibrate(
     if bin_logit is None:
         bin_logit = -math.inf
     if not isinstance(bin_logit, torch.Tensor):
+        # checked while it is a host number: a CUDA kernel reads the tensor on the device, unchecked (no sync)
+        check_scalars(bin_logit=float(bin_logit))
         bin_logit = torch.tensor(float(bin_logit), dtype=corr.dtype, device=corr.device)
     if _use_reference("calibrate", corr):
         check_scalars(lam=lam, tau=tau, eps=eps, bin_logit=bin_logit)

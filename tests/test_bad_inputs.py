@@ -320,3 +320,12 @@ def test_huge_window(backend):
             torch.testing.assert_close(a, b)
         for a, b in zip(K.fused_match(fs, ft, 0.1, 2**63 - 1), K.fused_match(fs, ft, 0.1, -1)):
             torch.testing.assert_close(a, b)
+
+
+def test_float_bin_logit_checked_before_it_reaches_a_device():
+    # A CUDA kernel reads bin_logit on the device (unchecked, no sync); a float one is checked on the host
+    # first. Meta tensors stand in for the device (their kernels are the fake ones, which check nothing).
+    c = torch.empty(2, 3, 4, device="meta")
+    K.calibrate(c, c, bin_logit=0.3)
+    with pytest.raises(ValueError, match=r"`bin_logit` must be a finite number or -inf"):
+        K.calibrate(c, c, bin_logit=float("nan"))
