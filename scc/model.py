@@ -57,6 +57,15 @@ class ModelConfig:
     # (METHOD.md's wording), which averages unrelated targets where neighbouring cells disagree.
     transfer: str = "probability"
     eps: float = 1e-5
+    # Region masks at inference (METHOD.md stage 2): a bank of the feature maps of training images of many
+    # classes (filled at the end of training, saved in the checkpoint; SCCNet.fill_bank). match() without
+    # masks then takes M(i) = sigmoid((m_pos(i) - m_neg(i) - mask_bias) / mask_temp), m_neg(i) the mean over
+    # the bank images (bank_topk > 0: the k most similar) of max_j C_ij against them. 0 = no bank: masks 1.
+    # Off by default: on PF-WILLOW it does not help (docs/results.md).
+    bank_size: int = 0
+    bank_topk: int = 0
+    mask_bias: float = 0.0  # as LossConfig.region_bias / region_temp in training
+    mask_temp: float = 0.05
 
 
 class NeighConsensus(nn.Module):
@@ -96,6 +105,7 @@ class SCCNet(nn.Module):
             raise ValueError(f"scc: ModelConfig.nc_kernel must be 3, 5 or 7, got {cfg.nc_kernel}")
         self.nc = NeighConsensus(cfg.nc_channels, cfg.nc_kernel) if cfg.neigh_consensus else None
         self.bin_logit = nn.Parameter(torch.tensor(float(cfg.bin_init))) if cfg.unmatched_bin else None
+        self.register_buffer("bank", None)  # (N, D, h, w): see fill_bank()
         self.stride = cfg.stride
 
     def train(self, mode: bool = True) -> "SCCNet":
@@ -189,6 +199,30 @@ class SCCNet(nn.Module):
                 corr = K.mutual_nn(corr, cfg.eps)
         return corr
 
+    @torch.no_grad()
+    def fill_bank(self, feats: torch.Tensor) -> None:
+        """Set the bank of inference-time region masks: feats (N, D, h, w), the features of N images of many
+        classes (``self.features(images)``); saved with the model."""
+        if feats.dim() != 4 or feats.shape[1] != self.feature_dim:
+            raise ValueError(f"scc: a bank holds feature maps (N, {self.feature_dim}, h, w), got {tuple(feats.shape)}")
+        self.bank = feats.detach().float().contiguous()
+
+    def bank_masks(self, fs: torch.Tensor, ft: torch.Tensor, corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Region masks of a pair from the bank: mask_s (B, hs, ws), mask_t (B, ht, wt) (ModelConfig.bank_size)."""
+        cfg = self.config
+        ms, mt = corr.flatten(3).amax(3), corr.flatten(1, 2).amax(1)  # m_pos: matchability in the pair
+        return tuple(torch.sigmoid((m.float() - self._bank_neg(f) - cfg.mask_bias) / cfg.mask_temp)
+                     for m, f in ((ms, fs), (mt, ft)))
+
+    def _bank_neg(self, f: torch.Tensor) -> torch.Tensor:
+        """m_neg of each position of f (B, D, h, w) against the bank, as in training against the negatives of
+        a batch (filtered volumes, max over the other image, mean over the images): (B, h, w)."""
+        b, n = f.shape[0], self.bank.shape[0]
+        pairs = f[:, None].expand(b, n, *f.shape[1:]).flatten(0, 1)
+        bank = self.bank[None].expand(b, n, *self.bank.shape[1:]).flatten(0, 1).to(f.dtype)
+        m = self.filtered_volume(pairs, bank).flatten(3).amax(3).view(b, n, *f.shape[2:]).float()
+        return m.topk(min(self.config.bank_topk or n, n), dim=1).values.mean(1)
+
     def match(self, src_img, trg_img, mask_s=None, mask_t=None) -> dict:
         """Dense matching of a batch of image pairs. Returns a dict with
         ``corr`` (B, hs, ws, ht, wt), ``P`` (B, Ns, Nt) match probabilities (or scores when calibration is
@@ -199,6 +233,8 @@ class SCCNet(nn.Module):
     def match_features(self, fs, ft, mask_s=None, mask_t=None) -> dict:
         cfg = self.config
         corr = self.filtered_volume(fs, ft)
+        if mask_s is None and mask_t is None and self.bank is not None and cfg.vote:
+            mask_s, mask_t = self.bank_masks(fs, ft, corr)
         if corr.dtype != torch.float32 and corr.dtype != torch.float64:
             # under autocast the correlation comes out in bf16/fp16: voting, probabilities and the flow are
             # computed in fp32 (bf16 is 2 px apart between 256 and 512 px, and moves argmaxes)
@@ -273,6 +309,8 @@ class SCCNet(nn.Module):
         net = cls(cfgmod.from_dict(ModelConfig, payload["config"]))
         # a checkpoint that stores its backbone (fine-tuned) keeps it; the others rebuild it from the config
         net.backbone_from_checkpoint = any(k.startswith("backbone.") for k in payload["state_dict"])
+        if "bank" in payload["state_dict"]:  # its size is the checkpoint's
+            net.bank = torch.empty_like(payload["state_dict"]["bank"])
         missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:

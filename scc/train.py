@@ -305,6 +305,9 @@ class Trainer:
                 self.pca_variance = self.model.init_projection_pca(imgs.to(self.device))
             elif cfg.proj_init == "identity":
                 self.model.init_projection_identity()
+        if cfg.model.bank_size and not hasattr(self.dataset, "image_keys"):
+            raise ValueError(f"scc: model.bank_size needs a dataset of named images (imagefolder or spair), not "
+                             f"{cfg.dataset!r}")
         self.cache = None
         # datasets with image_keys (and with_images) can run on cached features
         if cfg.feature_cache and not cfg.unfreeze_backbone and hasattr(self.dataset, "image_keys"):
@@ -377,6 +380,28 @@ class Trainer:
         _set_rng_state(state["rng"], self.device)
         self.step = state["step"]
         self.owns_out = True
+
+    @torch.no_grad()
+    def fill_bank(self) -> None:
+        """The model's bank for inference-time region masks (ModelConfig.bank_size): the final features of
+        training images taken in turn from each class (each class's images in sorted order), so the bank
+        holds many classes; the same on every rank."""
+        by_class: dict[str, list[str]] = {}
+        for key in self.dataset.image_keys():
+            by_class.setdefault(key.split("/")[0], []).append(key)
+        rounds = max(len(v) for v in by_class.values())
+        keys = [v[i] for i in range(rounds) for v in by_class.values() if i < len(v)][: self.cfg.model.bank_size]
+        was_training = self.model.training
+        self.model.eval()
+        feats = []
+        for i in range(0, len(keys), 16):
+            part = keys[i:i + 16]
+            if self.cache is not None:
+                feats.append(self.model.project(torch.stack([self.cache[k] for k in part]).float().to(self.device)))
+            else:
+                feats.append(self.model.features(torch.stack([self.dataset.image_tensor(k) for k in part]).to(self.device)))
+        self.model.fill_bank(torch.cat(feats))
+        self.model.train(was_training)
 
     def _trim_metrics(self) -> None:
         """Keep only the records of steps <= self.step in metrics.jsonl: a resumed run logs again the steps
@@ -497,6 +522,8 @@ class Trainer:
                 t0 = time.time()
             if writer is not None and cfg.picture_every and self.step % cfg.picture_every == 0:
                 self.picture(batch, writer)
+            if self.step == cfg.steps and cfg.model.bank_size:
+                self.fill_bank()
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self.save()
         bar.close()

@@ -294,3 +294,33 @@ def test_checkpoint_loads_for_inference_without_pickle_code(tmp_path):
     torch.save(dict(format="scc.SCCNet/1", config={}, state_dict={}, x=Evil()), path)
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         SCCNet.from_checkpoint(str(path))
+
+
+def test_bank_masks_at_inference(tmp_path):
+    """METHOD stage 2 at inference: positions that match the partner image better than the bank's images are
+    the region; the bank is saved with the model."""
+    from scc.model import ModelConfig, SCCNet
+
+    torch.manual_seed(0)
+    net = SCCNet(ModelConfig(backbone_weights=None, vote_radius=1, bank_size=3)).eval()
+    src, trg = torch.rand(1, 3, 48, 64), torch.rand(1, 3, 64, 48)
+    with torch.no_grad():
+        plain = net.match(src, trg)
+        net.fill_bank(net.features(torch.rand(3, 3, 32, 32)))
+        out = net.match(src, trg)
+        mask_s, mask_t = net.bank_masks(out["fs"], out["ft"], out["corr"])
+    assert mask_s.shape == (1, 3, 4) and mask_t.shape == (1, 4, 3)
+    assert not torch.equal(out["g"], plain["g"])  # the vote is masked now
+    # by hand for one source position: mean over the bank images of its best filtered match there
+    i = (0, 1, 2)
+    m_neg = torch.stack([net.filtered_volume(out["fs"], b[None])[i].max() for b in net.bank]).mean()
+    expect = torch.sigmoid((out["corr"][i].max() - m_neg) / net.config.mask_temp)
+    torch.testing.assert_close(mask_s[i], expect)
+    path = tmp_path / "m.pt"
+    net.save(str(path), include_backbone=True)  # a random backbone is not rebuilt from weights
+    again = SCCNet.from_checkpoint(str(path))
+    torch.testing.assert_close(again.bank, net.bank)
+    with torch.no_grad():
+        torch.testing.assert_close(again.match(src, trg)["g"], out["g"])
+    with pytest.raises(ValueError, match="a bank holds feature maps"):
+        net.fill_bank(torch.rand(2, 5, 3, 3))

@@ -262,3 +262,17 @@ def test_resume_counts_config_fields_added_later_as_their_defaults(tmp_path):
     assert T._same_run(old) == T._same_run(new)
     assert T._same_run(dict(old, lr=0.5)) != T._same_run(new)
     assert T._same_run(dict(new, bin_lr=1.0)) != T._same_run(new)
+
+
+def test_training_fills_the_bank_of_inference_masks(tmp_path, class_folder):
+    tr = T.Trainer(folder_cfg(tmp_path / "b", class_folder, "model.bank_size=5"))
+    tr.run(progress=False)
+    net = SCCNet.from_checkpoint(str(tmp_path / "b" / "model.pt"))
+    assert net.bank.shape[0] == 5 and net.bank.shape[1] == net.feature_dim
+    torch.testing.assert_close(net.bank, tr.model.bank)
+    # each class in turn: the first images of the bank come from different classes
+    with torch.no_grad():
+        first = tr.model.project(torch.stack([tr.cache[k] for k in sorted(tr.dataset.image_keys())[:1]]).float())
+    assert sum(torch.allclose(first[0], b) for b in net.bank) == 1
+    with pytest.raises(ValueError, match="bank_size needs a dataset of named images"):
+        T.Trainer(cfg(tmp_path / "s", "model.bank_size=5"))
