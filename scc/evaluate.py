@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -47,9 +48,10 @@ def threshold_kind(cfg_threshold: str, dataset) -> str:
         while isinstance(dataset, torch.utils.data.Subset):
             dataset = dataset.dataset
         kind = getattr(dataset, "pckthres_kind", None)
-        if kind is None:
-            raise ValueError(f"scc: EvalConfig.threshold='auto' needs a dataset with a `pckthres_kind` "
-                             f"({type(dataset).__name__} has none); set threshold to one of {THRESHOLDS}")
+        if kind is None:  # a dataset of the user's own: the box of the valid target keypoints, said out loud
+            warnings.warn(f"scc: {type(dataset).__name__} names no standard PCK threshold (`pckthres_kind`): "
+                          f"using bbox-kp; set EvalConfig.threshold to one of {THRESHOLDS} to choose")
+            return "bbox-kp"
         return kind
     if cfg_threshold not in THRESHOLDS:
         raise ValueError(f"scc: EvalConfig.threshold must be 'auto' or one of {THRESHOLDS}, got {cfg_threshold!r}")

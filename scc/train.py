@@ -26,6 +26,7 @@ import random
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,8 +149,8 @@ def make_train_dataset(cfg: TrainConfig):
 
 def check_fresh_out(cfg: TrainConfig) -> None:
     """A fresh run (not --resume) must not write over another run's checkpoint and metrics."""
-    last = Path(cfg.out) / "last.pt"
-    if last.is_file() and not cfg.overwrite:
+    last = next((p for p in (Path(cfg.out) / "last.pt", Path(cfg.out) / "model.pt") if p.is_file()), None)
+    if last is not None and not cfg.overwrite:
         raise ValueError(f"scc: {cfg.out} already holds a training run ({last}); continue it with --resume, "
                          "or pick another out (or set overwrite=true to discard it and start again)")
 
@@ -258,6 +259,7 @@ class Trainer:
             self.model = SCCNet.from_checkpoint(cfg.init_checkpoint).to(self.device)
             # its model config replaces cfg.model, and is saved with the run, so config.yaml says what trained
             self.cfg = cfg = dataclasses.replace(cfg, model=self.model.config)
+            self.model.bank = None  # its features go stale as this run trains; refilled at the end (bank_size)
         else:
             self.model = SCCNet(cfg.model).to(self.device)
         # a backbone that is trained here or came fine-tuned with init_checkpoint is saved with the model
@@ -306,8 +308,11 @@ class Trainer:
             elif cfg.proj_init == "identity":
                 self.model.init_projection_identity()
         if cfg.model.bank_size and not hasattr(self.dataset, "image_keys"):
-            raise ValueError(f"scc: model.bank_size needs a dataset of named images (imagefolder or spair), not "
-                             f"{cfg.dataset!r}")
+            if not cfg.init_checkpoint:
+                raise ValueError(f"scc: model.bank_size needs a dataset of named images (imagefolder or spair), "
+                                 f"not {cfg.dataset!r}")
+            warnings.warn(f"scc: the model of {cfg.init_checkpoint} has a bank (bank_size {cfg.model.bank_size}); "
+                          f"{cfg.dataset!r} has no named images to refill it, so the trained model has none")
         self.cache = None
         # datasets with image_keys (and with_images) can run on cached features
         if cfg.feature_cache and not cfg.unfreeze_backbone and hasattr(self.dataset, "image_keys"):
@@ -374,6 +379,12 @@ class Trainer:
         if _same_run(state["config"]) != _same_run(cfgmod.to_dict(self.cfg)):
             raise ValueError(f"scc: --resume: {self.last_path} was written with another config; resume with the "
                              f"same config (see {self.out / 'config.yaml'})")
+        if state["config"]["model"].get("unmatched_bin") and "bin_lr" not in state["config"]:
+            # written when no loss trained the bin (one optimizer group, no bin term): it cannot continue exactly
+            raise ValueError(f"scc: --resume: {self.last_path} was written before the unmatched bin was trained "
+                             "(bin_lr, loss.lambda_bin); start a new run")
+        if "bank" in state["model"]:  # a finished run's bank (the model starts without one)
+            self.model.bank = torch.empty_like(state["model"]["bank"], device=self.device)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -467,6 +478,7 @@ class Trainer:
             check_fresh_out(cfg)
             if lead:
                 self.last_path.unlink(missing_ok=True)  # so that --resume cannot pick up the discarded run
+                (self.out / "model.pt").unlink(missing_ok=True)  # nor be read as this run's model
         self.owns_out = True
         if lead:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -522,7 +534,7 @@ class Trainer:
                 t0 = time.time()
             if writer is not None and cfg.picture_every and self.step % cfg.picture_every == 0:
                 self.picture(batch, writer)
-            if self.step == cfg.steps and cfg.model.bank_size:
+            if self.step == cfg.steps and cfg.model.bank_size and hasattr(self.dataset, "image_keys"):
                 self.fill_bank()
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                 self.save()

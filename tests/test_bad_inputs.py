@@ -297,7 +297,7 @@ def test_bad_scalar_backward_ops(op, kw):
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize("mode", ["local", "global"])
-def test_huge_radius_and_sigma(backend, mode):
+def test_huge_radius_and_sigma(backend, mode, monkeypatch):
     # radius = 100000 made the CPU kernel allocate (2r + ht)(2r + wt) planes (std::bad_alloc); a sigma past
     # 2^62 made ceil(2 sigma) overflow int64. Offsets and taps past the grids only meet zeros.
     c = vol(2, 3, 4, 5, 2, dtype=F64)
@@ -307,7 +307,12 @@ def test_huge_radius_and_sigma(backend, mode):
         edge = K.masked_vote(c, ms, mt, mode, 3, 1.0)  # max(hs, ws) - 1
         torch.testing.assert_close(big, edge, rtol=0, atol=0)
         wide = K.masked_vote(c, ms, mt, mode, 1, 1e30)
+        mid = K.masked_vote(c, ms, mt, mode, 1, 5.0)  # rho = 10, past the reach bound of these grids (7)
     torch.testing.assert_close(wide, R.masked_vote(c, ms, mt, mode, 1, 1e6), rtol=1e-9, atol=1e-12)
+    # the bound itself: the same vote with every tap of the Gaussian (no clamp anywhere)
+    taps = R.gaussian_taps
+    monkeypatch.setattr(R, "gaussian_taps", lambda sigma, dtype=F64, device=None, max_rho=None: taps(sigma, dtype, device))
+    torch.testing.assert_close(mid, R.masked_vote(c, ms, mt, mode, 1, 5.0), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])

@@ -277,6 +277,12 @@ def test_sccnet_for_other_code_bases():
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         net.match((src - mean) / std, trg)
+    edge = torch.zeros(1, 3, 12, 16)
+    edge[..., 8:] = 1.0
+    big = torch.nn.functional.interpolate(edge, scale_factor=4, mode="bicubic")  # overshoots [0, 1] by ~0.11
+    assert big.min() < -0.1 and big.max() > 1.1
+    with torch.no_grad():
+        net.match(big, big)
 
 
 def test_checkpoint_loads_for_inference_without_pickle_code(tmp_path):

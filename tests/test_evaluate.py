@@ -94,8 +94,8 @@ def test_threshold_auto_is_each_datasets_protocol():
     assert threshold_kind("img", ds) == "img"
     with pytest.raises(ValueError, match="threshold must be 'auto' or one of"):
         threshold_kind("box", ds)
-    with pytest.raises(ValueError, match="has none"):
-        threshold_kind("auto", [])
+    with pytest.warns(UserWarning, match="names no standard PCK threshold"):
+        assert threshold_kind("auto", []) == "bbox-kp"
 
 
 def test_report_records_the_threshold_and_size_actually_used():

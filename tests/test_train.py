@@ -219,6 +219,7 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path, capsys):
     # overwrite: a new run from step 0 with a new metrics.jsonl, which --resume (without overwrite) continues
     T.Trainer(cfg(tmp_path, "overwrite=true", "steps=4")).run(progress=False, stop_after=2)
     assert not (tmp_path / "last.pt").is_file() and steps_logged(tmp_path) == [1, 2]
+    assert not (tmp_path / "model.pt").is_file()  # the discarded run's model is gone with it
     T.Trainer(cfg(tmp_path, "overwrite=true", "steps=4")).run(progress=False)
     c = T.Trainer(cfg(tmp_path, "steps=4"))
     c.resume()
@@ -276,3 +277,29 @@ def test_training_fills_the_bank_of_inference_masks(tmp_path, class_folder):
     assert sum(torch.allclose(first[0], b) for b in net.bank) == 1
     with pytest.raises(ValueError, match="bank_size needs a dataset of named images"):
         T.Trainer(cfg(tmp_path / "s", "model.bank_size=5"))
+
+
+def test_a_finished_bank_run_resumes_and_a_checkpoints_bank_is_not_carried_stale(tmp_path, class_folder):
+    c = folder_cfg(tmp_path / "b", class_folder, "model.bank_size=3")
+    T.Trainer(c).run(progress=False)
+    again = T.Trainer(c)
+    again.resume()  # last.pt holds the bank the final step filled
+    assert again.step == 6 and again.model.bank.shape[0] == 3
+    tuned = T.Trainer(folder_cfg(tmp_path / "t", class_folder, f"init_checkpoint={tmp_path / 'b' / 'model.pt'}"))
+    assert tuned.model.bank is None  # refilled at the end, from the features this run trains
+
+
+def test_files_follow_the_umask(tmp_path):
+    import os
+
+    from scc.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+        assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
