@@ -21,7 +21,7 @@ grep -E "spill stores|spill loads" "$OUT/build.log" | grep -v " 0 bytes spill st
 run_tests() {
   echo "== tests"
   timeout "${SCC_GPU_TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider -rf --tb=short \
-    tests/test_cuda_ops.py tests/test_gpu_matmul_ops.py --deselect tests/test_cuda_ops.py::test_argument_errors \
+    tests/test_cuda_ops.py tests/test_gpu_matmul_ops.py tests/test_gpu_cuda_ops.py --deselect tests/test_cuda_ops.py::test_argument_errors \
     ${SCC_GPU_TESTS_K:+-k "$SCC_GPU_TESTS_K"} > "$OUT/tests.log" 2>&1
   tail -15 "$OUT/tests.log"
 }
