@@ -30,7 +30,7 @@ def cmd_eval(args) -> int:
                                                             threshold=args.threshold))
     torch.manual_seed(cfg.seed)
     model = _model(args)
-    report = evaluate(model, make_dataset(cfg.dataset, cfg.data, cfg.img_size), cfg)
+    report = evaluate(model, make_dataset(cfg.dataset, cfg.data, cfg.img_size, square=cfg.square), cfg)
     report["command"] = " ".join(["scc"] + sys.argv[1:])
     out = Path(args.out or f"results/eval-{cfg.dataset}.json")
     write_report(report, str(out))

@@ -31,7 +31,8 @@ THRESHOLDS = ("img", "bbox", "bbox-kp")
 class EvalConfig:
     dataset: str = "pf-willow"
     data: str = "../shared/data/pf-willow"
-    img_size: int = 320  # longer side of the evaluated images (aspect kept)
+    img_size: int = 320  # longer side of the evaluated images (aspect kept), or the side of the square
+    square: bool = False  # both images resized to img_size x img_size (the field's 240 / 256 px protocols)
     alphas: tuple = (0.05, 0.1, 0.15)
     # auto = the dataset's standard protocol (its reader's `pckthres_kind`): bbox-kp for PF-WILLOW, img for
     # PF-PASCAL and TSS, bbox for SPair-71k; or one of img | bbox | bbox-kp for every dataset

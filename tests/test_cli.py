@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from scc.cli import main
@@ -39,6 +40,23 @@ def test_scc_eval_flags_and_config_fields(tmp_path):
                  "--set-model", "vote_radius=1", "--threshold", "img"]) == 0
     assert json.loads(out.read_text())["protocol"]["threshold"] == "img"
     assert cfgmod.load(EvalConfig, out.with_suffix(".eval.yaml")).threshold == "img"
+
+
+def test_scc_eval_square_images(tmp_path):
+    # DHPF/CHM evaluate at 240 x 240, CATs at 256 x 256: both images squashed to a square, keypoints per axis
+    from scc.data import make_dataset
+
+    root = write_willow(tmp_path / "willow", size=(96, 64))
+    it = make_dataset("pf-willow", str(root), 48, square=True)[0]
+    plain = make_dataset("pf-willow", str(root), 48)[0]
+    assert it["src_img"].shape[1:] == (48, 48) and plain["src_img"].shape[1:] == (32, 48)
+    torch.testing.assert_close(it["src_kps"][: it["n_pts"], 1], plain["src_kps"][: it["n_pts"], 1] * 1.5)
+    out = tmp_path / "sq.json"
+    assert main(["eval", "--dataset", "pf-willow", "--data", str(root), "--img-size", "48", "--out", str(out),
+                 "--set-model", "vote_radius=1", "--set", "square=true"]) == 0
+    assert json.loads(out.read_text())["protocol"]["image_size"] == "48 x 48 px (square)"
+    with pytest.raises(ValueError, match="square=True needs an img_size"):
+        make_dataset("pf-willow", str(root), None, square=True)
 
 
 def test_scc_eval_bad_input(tmp_path, capsys):

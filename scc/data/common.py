@@ -63,6 +63,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ValueError(f"scc: corrupt or unreadable image {path}: {exc}") from exc
 
 
+def check_square(square: bool, img_size) -> None:
+    if square and not img_size:
+        raise ValueError("scc: square=True needs an img_size (the side of the square)")
+
+
 def pair_item(src_im, trg_im, src_kps, trg_kps, category, src_name, trg_name, size,
               src_bbox=None, trg_bbox=None, pckthres_kind="bbox-kp", square: bool = False,
               with_images: bool = True) -> dict:

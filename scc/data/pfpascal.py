@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .common import load_image, pair_item
+from .common import check_square, load_image, pair_item
 
 CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
            "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -38,8 +38,13 @@ def read_mat(path: Path, key: str) -> np.ndarray:
 
 
 class PFPascal(Dataset):
+    """``square``: resize both images to img_size x img_size (DHPF/CHM evaluate PF-PASCAL at 240 x 240)."""
+
     pckthres_kind = "img"  # the field's PF-PASCAL protocol (DHPF, CHM, CATs: alpha * max image side)
-    def __init__(self, root: str, split: str = "test", img_size: int | None = 320):
+
+    def __init__(self, root: str, split: str = "test", img_size: int | None = 320, square: bool = False):
+        check_square(square, img_size)
+        self.square = square
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"scc: PF-PASCAL folder not found: {self.root}")
@@ -87,4 +92,5 @@ class PFPascal(Dataset):
         if not keep.any():
             raise ValueError(f"scc: PF-PASCAL pair {src} -> {trg} has no keypoint visible in both images")
         return pair_item(load_image(self.root / "JPEGImages" / src), load_image(self.root / "JPEGImages" / trg),
-                         skp[keep], tkp[keep], cls, src, trg, self.img_size, sbox, tbox, pckthres_kind=self.pckthres_kind)
+                         skp[keep], tkp[keep], cls, src, trg, self.img_size, sbox, tbox, pckthres_kind=self.pckthres_kind,
+                         square=self.square)

@@ -14,14 +14,21 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .common import load_image, pair_item
+from .common import check_square, load_image, pair_item
 
 N_KPS = 10
 
 
 class PFWillow(Dataset):
+    """``square``: resize both images to img_size x img_size (the field's 240 / 256 px protocols) instead of
+    keeping the aspect; keypoints are scaled per axis."""
+
     pckthres_kind = "bbox-kp"  # no object boxes: the box of the valid target keypoints (data README)
-    def __init__(self, root: str, img_size: int | None = 320, pairs_file: str = "test_pairs.csv"):
+
+    def __init__(self, root: str, img_size: int | None = 320, pairs_file: str = "test_pairs.csv",
+                 square: bool = False):
+        check_square(square, img_size)
+        self.square = square
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"scc: PF-WILLOW folder not found: {self.root}")
@@ -66,4 +73,4 @@ class PFWillow(Dataset):
         a, b, src_kps, trg_kps = self.pairs[idx]
         category = Path(a).parent.name
         return pair_item(load_image(self.root / a), load_image(self.root / b), src_kps, trg_kps, category,
-                         a, b, self.img_size, pckthres_kind=self.pckthres_kind)
+                         a, b, self.img_size, pckthres_kind=self.pckthres_kind, square=self.square)

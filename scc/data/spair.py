@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .common import MAX_KPS, image_size, load_image, pair_item, to_square_tensor
+from .common import MAX_KPS, check_square, image_size, load_image, pair_item, to_square_tensor
 
 
 def parse_entry(entry: str) -> tuple[str, str, str]:
@@ -36,8 +36,7 @@ class SPair(Dataset):
     pckthres_kind = "bbox"  # the annotated target box (the field's SPair-71k protocol)
 
     def __init__(self, root: str, split: str = "test", img_size: int | None = 320, square: bool = False):
-        if square and not img_size:
-            raise ValueError("scc: SPair(square=True) needs an img_size")
+        check_square(square, img_size)
         self.root, self.square = Path(root), square
         layout = self.root / "Layout" / "large" / f"{split}.txt"
         if not layout.is_file():

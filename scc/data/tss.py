@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .common import load_image, pair_item
+from .common import check_square, load_image, pair_item
 
 FLO_MAGIC = 202021.25
 
@@ -34,8 +34,13 @@ def read_flo(path: Path) -> np.ndarray:
 
 
 class TSS(Dataset):
+    """``square``: resize both images to img_size x img_size instead of keeping the aspect."""
+
     pckthres_kind = "img"
-    def __init__(self, root: str, img_size: int | None = 320, grid: int = 8):
+
+    def __init__(self, root: str, img_size: int | None = 320, grid: int = 8, square: bool = False):
+        check_square(square, img_size)
+        self.square = square
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"scc: TSS folder not found: {self.root}")
@@ -67,4 +72,4 @@ class TSS(Dataset):
         src_kps = torch.tensor(np.stack([xs, ys], 1), dtype=torch.float32)
         trg_kps = src_kps + torch.from_numpy(flow[ys, xs])
         return pair_item(src, trg, src_kps, trg_kps, d.parent.name, f"{d.name}/image{k}.png", f"{d.name}/image{o}.png",
-                         self.img_size, pckthres_kind=self.pckthres_kind)
+                         self.img_size, pckthres_kind=self.pckthres_kind, square=self.square)
