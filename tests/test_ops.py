@@ -176,6 +176,103 @@ def test_low_precision_inputs(dtype):
     assert flow.dtype == torch.float32 and conf.dtype == torch.float32
 
 
+# ---- fp16 / bf16 on the CPU kernels: every op, forward and backward ---------------------------------
+
+LOWP = [torch.float16, torch.bfloat16]
+
+
+LOWP_FLOOR_ULPS = 1
+
+
+def _lowp_bound(lo, exact, dtype):
+    """tests/test_gpu_matmul_ops.py's bound (2x PyTorch's error in the same precision, plus ulps of the result's
+    scale for where PyTorch is exact) with a floor of 1 ulp instead of 4: on the CPU the kernels' errors are
+    0.1-0.3 ulp of the scale (fp32 compute, one rounding), and a 4-ulp floor lets a narrowing through bf16 pass."""
+    from test_gpu_matmul_ops import ULP
+
+    return 2 * (lo.double() - exact).abs().max().item() + LOWP_FLOOR_ULPS * ULP[dtype] * (1 + exact.abs().max().item())
+
+
+def check_low_precision(fn_kernel, fn_ref, inputs, dtype, ref_dtype=None):
+    """The kernel on `inputs` rounded to `dtype` (forward, and backward for every input that requires grad) against
+    the float64 reference on the same rounded inputs. Bound: twice the error of the reference computed by PyTorch in
+    `ref_dtype` (default `dtype`; float32 where the kernel's contract is float32 compute) and cast to the kernel's
+    output dtype, plus a few ulps of that dtype at the result's scale (PyTorch can be exact)."""
+    ref_dtype = ref_dtype or dtype
+    rounded = [x.detach().to(dtype) if isinstance(x, torch.Tensor) else x for x in inputs]
+
+    def run(fn, dt):
+        ins = [x.to(dt).requires_grad_(i.requires_grad) if isinstance(x, torch.Tensor) else x
+               for x, i in zip(rounded, inputs)]
+        outs = fn(*ins)
+        return ins, outs if isinstance(outs, tuple) else (outs,)
+
+    ins_k, out_k = run(fn_kernel, dtype)
+    ins_e, out_e = run(fn_ref, F64)
+    ins_l, out_l = run(fn_ref, ref_dtype)
+    diff = [i for i, o in enumerate(out_e) if o.is_floating_point()]
+    for i, (k, e, lo) in enumerate(zip(out_k, out_e, out_l)):
+        if i not in diff:
+            assert torch.equal(k, e), f"output {i}"
+            continue
+        assert k.dtype == (dtype if ref_dtype == dtype else torch.float32), (i, k.dtype)
+        err = (k.detach().double() - e.detach()).abs().max().item()
+        bound = _lowp_bound(lo.detach().to(k.dtype), e.detach(), k.dtype)
+        assert err <= bound, f"output {i} ({dtype}): error {err:.3e} > bound {bound:.3e}"
+    ups = [torch.randn_like(out_e[i]).to(dtype) for i in diff]  # rounded: the same upstream for all three
+    grads = []
+    for ins, outs in ((ins_k, out_k), (ins_e, out_e), (ins_l, out_l)):
+        leaves = [x for x in ins if isinstance(x, torch.Tensor) and x.requires_grad]
+        grads.append(torch.autograd.grad([outs[i] for i in diff], leaves, [u.to(outs[i].dtype) for u, i in zip(ups, diff)]))
+    for n, (k, e, lo) in enumerate(zip(*grads)):
+        assert k.dtype == dtype, (n, k.dtype)
+        err = (k.double() - e).abs().max().item()
+        bound = _lowp_bound(lo.to(dtype), e, dtype)
+        assert err <= bound, f"grad {n} ({dtype}): error {err:.3e} > bound {bound:.3e}"
+
+
+def _lowp_cases():
+    b, c, (hs, ws), (ht, wt) = 2, 11, (3, 5), (7, 4)
+    fs, ft = feats(b, c, hs, ws, ht, wt, grad=True)
+    vol = lambda: volume(b, hs, ws, ht, wt, grad=True)  # noqa: E731
+    ms = (torch.rand(b, hs, ws, dtype=F64) * 0.9 + 0.05).requires_grad_()
+    mt = (torch.rand(b, ht, wt, dtype=F64) * 0.9 + 0.05).requires_grad_()
+    x = torch.randn(b, 2, hs, ws, ht, wt, dtype=F64, requires_grad=True)
+    w = (torch.randn(3, 2, 3, 3, 3, 3, dtype=F64) / 12).requires_grad_()
+    bias = torch.randn(3, dtype=F64, requires_grad=True)
+    z = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    P = torch.softmax(torch.randn(b, hs * ws, ht * wt, dtype=F64) * 3, dim=2).reshape(b, hs, ws, ht, wt)
+    P.requires_grad_()
+    cases = {
+        "correlation": (K.correlation, R.correlation, [fs, ft]),
+        "correlation_raw": (lambda a, bb: K.correlation(a, bb, False, False), lambda a, bb: R.correlation(a, bb, False, False),
+                            [fs, ft]),
+        "mutual_nn": (K.mutual_nn, R.mutual_nn, [vol()]),
+        "conv4d": (K.conv4d, R.conv4d, [x, w, bias]),
+        "masked_vote_local": (lambda *a: K.masked_vote(*a, "local", 1, 0.8), lambda *a: R.masked_vote(*a, "local", 1, 0.8),
+                              [vol(), ms, mt]),
+        "masked_vote_global": (lambda *a: K.masked_vote(*a, "global", 0, 1.3),
+                               lambda *a: R.masked_vote(*a, "global", 0, 1.3), [vol(), ms, mt]),
+        "calibrate": (lambda c_, g, zz: K.calibrate(c_, g, 0.7, 0.1, zz), lambda c_, g, zz: R.calibrate(c_, g, 0.7, 0.1, zz),
+                      [vol(), vol(), z]),
+    }
+    for window in (-1, 1):
+        cases[f"soft_argmax_w{window}"] = (lambda p, w_=window: K.soft_argmax(p, ht, wt, w_, 1.5),
+                                           lambda p, w_=window: R.soft_argmax(p, ht, wt, w_, 1.5), [P])
+        cases[f"fused_match_w{window}"] = (lambda a, bb, w_=window: K.fused_match(a, bb, 0.1, w_)[:3],
+                                           lambda a, bb, w_=window: R.fused_match(a, bb, 0.1, w_)[:3], [fs, ft])
+    return cases
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+@pytest.mark.parametrize("name", list(_lowp_cases()))
+def test_low_precision_cpu(name, dtype):
+    """fp16/bf16 inputs on the CPU kernels (widened to fp32 inside, results narrowed back; fused_match keeps fp32
+    outputs, so its comparison is PyTorch in fp32 on the same rounded inputs)."""
+    fk, fr, inputs = _lowp_cases()[name]
+    check_low_precision(fk, fr, inputs, dtype, torch.float32 if name.startswith("fused_match") else None)
+
+
 # ---- gradcheck ------------------------------------------------------------------------------------
 
 GRADCHECK = dict(eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
