@@ -161,6 +161,18 @@ def test_fused_match_large_tiles():
             torch.testing.assert_close(a.to(b.dtype), b, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("window", [-1, 1])
+def test_fused_match_backward_large_tiles(window):
+    """Backward just past one CPU tile each way (TI = 64 source rows, TJ = 256 target columns in
+    csrc/cpu/fused_match.cpp): Ns = 65, Nt = 259, so both gradient loops accumulate over two tiles and end on a
+    one-row / three-column partial tile. Gradient of a random linear function of flow and conf. float64 only: in
+    float32 at tau = 0.07 the kernel's gradients are off by ~5e-6 of their scale (3-5x PyTorch's own float32 error),
+    past check_grads' float32 tolerance."""
+    fs, ft = feats(2, 7, 5, 13, 7, 37, grad=True)
+    check_grads(lambda a, b: K.fused_match(a, b, 0.07, window), lambda a, b: R.fused_match(a, b, 0.07, window),
+                [fs, ft], F64, outs_idx=[0, 1, 2])
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
     """fp16/bf16 are computed in fp32 on CPU: error comparable to PyTorch's own low-precision path."""
