@@ -6,6 +6,8 @@ and inputs random and away from zero; outputs are poisoned with NaN (conftest) b
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -283,6 +285,71 @@ def test_low_precision_cpu(name, dtype):
     outputs, so its comparison is PyTorch in fp32 on the same rounded inputs)."""
     fk, fr, inputs = _lowp_cases()[name]
     check_low_precision(fk, fr, inputs, dtype, torch.float32 if name.startswith("fused_match") else None)
+
+
+# ---- conv4d's ISA paths (csrc/cpu/conv4d.cpp: AVX-512, AVX2+FMA, x86-64 baseline) -------------------------
+
+
+def _cpu_best_isa() -> str:
+    """What conv4d.cpp's detect_isa() picks with SCC_CONV4D_ISA unset (x86-64 Linux; else the portable copy)."""
+    import platform
+
+    try:
+        flags = set(next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= flags:
+        return "base"
+    return "avx512" if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags else "avx2"
+
+
+def _effective_isa(want: str | None) -> str:
+    """detect_isa() for SCC_CONV4D_ISA = want: 'base' always; 'avx2' only below AVX-512; anything else: the best."""
+    best = _cpu_best_isa()
+    if want == "base" or (want == "avx2" and best == "avx512"):
+        return want
+    return best
+
+
+def conv4d_fingerprint() -> str:
+    """Hash of one float32 conv4d forward and backward (grad_x, grad_weight): the ISA paths round differently
+    (vector widths, FMA), so equal hashes mean the same path ran. Deterministic for any thread count."""
+    import hashlib
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 3, 5, 7, 9, generator=g)
+    w = torch.randn(4, 3, 3, 3, 3, 3, generator=g) / 9
+    bias, grad = torch.randn(4, generator=g), torch.randn(2, 4, 3, 5, 7, 9, generator=g)
+    gx, gw, _ = ops.conv4d_backward(grad, x, w, True)
+    return hashlib.sha256(b"".join(t.numpy().tobytes() for t in (ops.conv4d(x, w, bias), gx, gw))).hexdigest()
+
+
+_ISA_CHILD = """import sys, pytest
+rc = pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_ops.py", "-k", sys.argv[1]])
+import test_ops
+print("FINGERPRINT", test_ops.conv4d_fingerprint())
+sys.exit(int(rc))
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "base"])
+def test_conv4d_isa_paths(isa):
+    """The conv4d comparisons (float64 / float32 forward + backward against the reference, fp16 / bf16) in a child
+    process per SCC_CONV4D_ISA value (read once, at the first conv4d call): CI's CPU has AVX-512, so without this
+    the AVX2 and baseline copies never run. The child's fingerprint equals this process's iff the same path ran."""
+    import cuda_emu
+
+    if os.environ.get("SCC_CONV4D_ISA_CHILD"):
+        pytest.skip("in an ISA child already")  # the -k below excludes this test; this guards against recursion
+    if _effective_isa(isa) != isa:
+        pytest.skip(f"this CPU lacks {isa} (best: {_cpu_best_isa()})")
+    proc = cuda_emu.run_child(["-c", _ISA_CHILD, "(test_conv4d and not isa) or (test_low_precision_cpu and conv4d)"],
+                              asan=False, env={"SCC_CONV4D_ISA": isa, "SCC_CONV4D_ISA_CHILD": "1"}, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and " passed" in proc.stdout and " failed" not in proc.stdout, out[-4000:]
+    child = next(l.split()[1] for l in proc.stdout.splitlines() if l.startswith("FINGERPRINT"))
+    same_path = _effective_isa(os.environ.get("SCC_CONV4D_ISA")) == isa
+    assert (child == conv4d_fingerprint()) == same_path, (isa, _effective_isa(os.environ.get("SCC_CONV4D_ISA")))
 
 
 # ---- gradcheck ------------------------------------------------------------------------------------
