@@ -254,21 +254,23 @@ def _main():
     print(json.dumps(results))
 
 
-@pytest.fixture(scope="module")
-def results():
+def _interpret(*flags: str) -> dict:
+    """This file run as a script under the interpreter, in a child process (see the module docstring): the
+    JSON it prints last."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *flags], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def results():
+    return _interpret()
+
+
 def test_triton_ops_interpret():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--ops"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = _interpret("--ops")
     for key in ("out", "grad_fs", "grad_ft"):
         assert res["corr"][key] < TOL["float32"], res["corr"]
     m = res["match"]
@@ -281,21 +283,13 @@ def test_triton_ops_interpret():
 
 def test_correlation_offsets_64bit():
     """Ns * Nt >= 2^31 within one batch item: the volume's row offsets must not wrap in int32."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--offsets"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    err = json.loads(proc.stdout.strip().splitlines()[-1])
+    err = _interpret("--offsets")
     assert err["out"] < TOL["float32"] and err["A"] < TOL["float32"], err
 
 
 def test_nan_feature_propagates_interpret():
     """A NaN feature gives NaN where the reference has it (tests/test_ops.py checks the other backends)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--nan"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = _interpret("--nan")
     assert all(res.values()), res
 
 
