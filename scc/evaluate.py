@@ -43,12 +43,17 @@ class EvalConfig:
     seed: int = 0
 
 
+def _reader(dataset):
+    """The dataset reader under any torch Subsets (its attributes say the protocol)."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
 def threshold_kind(cfg_threshold: str, dataset) -> str:
     """The threshold an evaluation uses: ``cfg_threshold``, or with "auto" the dataset's standard one."""
     if cfg_threshold == "auto":
-        while isinstance(dataset, torch.utils.data.Subset):
-            dataset = dataset.dataset
-        kind = getattr(dataset, "pckthres_kind", None)
+        kind = getattr(_reader(dataset), "pckthres_kind", None)
         if kind is None:  # a dataset of the user's own: the box of the valid target keypoints, said out loud
             warnings.warn(f"scc: {type(dataset).__name__} names no standard PCK threshold (`pckthres_kind`): "
                           f"using bbox-kp; set EvalConfig.threshold to one of {THRESHOLDS} to choose")
@@ -145,8 +150,7 @@ def evaluate(model, dataset, cfg: EvalConfig, progress: bool = True) -> dict:
 
 def _image_size(dataset, cfg: EvalConfig) -> str:
     """What the report says about the evaluated resolution: the dataset's own setting, not the config's."""
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset = dataset.dataset
+    dataset = _reader(dataset)
     size = getattr(dataset, "img_size", cfg.img_size)
     if not size:
         return "original size"
