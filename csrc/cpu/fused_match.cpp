@@ -78,20 +78,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
   const int64_t ntiles = (F.Ns + TI - 1) / TI;
   AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "scc_fused_match", [&] {
     using T = scalar_t;
+    // The row sums in double: the backward takes sum_j P_ij (x_j - flow_i) = 0 on trust, so a flow or lse
+    // off by float32 summation error over Nt terms came back as 3-6x PyTorch's own error in the gradients.
+    using Acc = double;
     const T inv_tau = T(1) / static_cast<T>(tau);
     const T *a = F.a.data_ptr<T>(), *bn = F.b.data_ptr<T>();
     const T *fsT = F.fsT.data_ptr<T>(), *ftT = F.ftT.data_ptr<T>();
     T *fl = flow.data_ptr<T>(), *cf = conf.data_ptr<T>(), *ls = lse.data_ptr<T>();
     int64_t* am = arg.data_ptr<int64_t>();
     at::parallel_for(0, F.B * ntiles, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<T> m(TI), s(TI), sx(TI), sy(TI);
+      std::vector<T> m(TI);
+      std::vector<Acc> s(TI), sx(TI), sy(TI);
       std::vector<int64_t> best(TI);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / ntiles, i0 = (t % ntiles) * TI, ni = std::min(TI, F.Ns - i0);
         std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
-        std::fill(s.begin(), s.end(), T(0));
-        std::fill(sx.begin(), sx.end(), T(0));
-        std::fill(sy.begin(), sy.end(), T(0));
+        std::fill(s.begin(), s.end(), Acc(0));
+        std::fill(sx.begin(), sx.end(), Acc(0));
+        std::fill(sy.begin(), sy.end(), Acc(0));
         std::fill(best.begin(), best.end(), int64_t(0));  // a row of NaN logits never updates it
         const at::Tensor fs_tile = F.fsT[b].narrow(0, i0, ni);
         for (int64_t j0 = 0; j0 < F.Nt; j0 += TJ) {
@@ -110,19 +114,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
               if (l > tm) { tm = l; targ = jj; }
             }
             if (tm > m[ii]) {  // strict: an earlier tile keeps the argmax on ties
-              const T scale = std::exp(m[ii] - tm);
+              const Acc scale = std::exp(static_cast<Acc>(m[ii]) - tm);
               s[ii] *= scale; sx[ii] *= scale; sy[ii] *= scale;
               m[ii] = tm;
               best[ii] = j0 + targ;
             }
-            T acc = 0, ax = 0, ay = 0;
+            Acc acc = 0, ax = 0, ay = 0;
             for (int64_t jj = 0; jj < nj; ++jj) {
               const T e = std::exp(row[jj] - m[ii]);
               acc += e;
               if (window < 0) {
                 const int64_t j = j0 + jj;
-                ax += e * static_cast<T>(j % F.wt);
-                ay += e * static_cast<T>(j / F.wt);
+                ax += e * static_cast<Acc>(j % F.wt);
+                ay += e * static_cast<Acc>(j / F.wt);
               }
             }
             s[ii] += acc; sx[ii] += ax; sy[ii] += ay;
@@ -130,17 +134,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
         }
         for (int64_t ii = 0; ii < ni; ++ii) {
           const int64_t r = b * F.Ns + i0 + ii;
-          ls[r] = m[ii] + std::log(s[ii]);
-          cf[r] = T(1) / s[ii];  // exp(max logit - lse)
+          ls[r] = static_cast<T>(m[ii] + std::log(s[ii]));
+          cf[r] = static_cast<T>(1 / s[ii]);  // exp(max logit - lse)
           am[r] = best[ii];
           if (window < 0) {
-            fl[2 * r] = sx[ii] / s[ii];
-            fl[2 * r + 1] = sy[ii] / s[ii];
+            fl[2 * r] = static_cast<T>(sx[ii] / s[ii]);
+            fl[2 * r + 1] = static_cast<T>(sy[ii] / s[ii]);
             continue;
           }
           const Window w = window_of(best[ii], F.ht, F.wt, window);
           const T* fi = fsT + r * F.C;
-          T S = 0, X = 0, Y = 0;
+          Acc S = 0, X = 0, Y = 0;
           for (int64_t y = w.r0; y <= w.r1; ++y)
             for (int64_t x = w.c0; x <= w.c1; ++x) {
               const int64_t j = y * F.wt + x;
@@ -148,8 +152,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
               const T p = std::exp(l - m[ii]);
               S += p; X += p * x; Y += p * y;
             }
-          fl[2 * r] = X / S;
-          fl[2 * r + 1] = Y / S;
+          fl[2 * r] = static_cast<T>(X / S);
+          fl[2 * r + 1] = static_cast<T>(Y / S);
         }
       }
     });
