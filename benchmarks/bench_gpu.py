@@ -9,6 +9,7 @@ Times are triton.testing.do_bench medians (synchronised, ms). Writes DIR/gpu_ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from triton.testing import do_bench
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 import scc_kernels as K  # noqa: E402
 from scc_kernels import reference as R  # noqa: E402
+from scc_kernels.triton import correlation as TC  # noqa: E402
 from test_cpu_kernels import ncnet_conv4d  # noqa: E402
 
 PEAK_TFLOPS = 800.0
@@ -65,6 +67,16 @@ def safe(fn, *a, **k):
         return None
 
 
+@contextlib.contextmanager
+def forced_small_problem(limit):
+    saved = TC.SMALL_PROBLEM
+    TC.SMALL_PROBLEM = limit
+    try:
+        yield
+    finally:
+        TC.SMALL_PROBLEM = saved
+
+
 def correlation_cases(dev, compile_ref):
     for c in (256, 1024):
         for h in (32, 64):
@@ -76,6 +88,12 @@ def correlation_cases(dev, compile_ref):
             flops = 2 * b * n * n * c
             nbytes = 2 * (b * c * 2 * n + b * n * n)
             record("correlation", case, "scc", bench(lambda: K.correlation(fs, ft)), flops, nbytes)
+            # the launch path scc did not pick here, to place SMALL_PROBLEM (B Ns Nt C <= 2^32: norms in the
+            # K-loop, one launch; above: the norm kernel, then the GEMM) from measurements
+            small = b * n * n * c <= TC.SMALL_PROBLEM
+            other = "scc, norm kernel + GEMM (forced)" if small else "scc, norms in K-loop (forced)"
+            with forced_small_problem(0 if small else 2**62):
+                record("correlation", case, other, bench(lambda: K.correlation(fs, ft)), flops, nbytes)
             record("correlation", case, "torch.bmm (no norm/relu)", bench(lambda: torch.bmm(a, bt)), flops, nbytes)
             record("correlation", case, "reference", bench(lambda: R.correlation(fs, ft)), flops, nbytes)
             if compile_ref and c == 1024 and h == 64:
