@@ -74,6 +74,40 @@ def test_fused_match_cuda(shape, dtype, window):
         torch.testing.assert_close(k.double(), e, rtol=1e-3, atol=1e-4 * (1 + e.abs().max().item()))
 
 
+def check_match_grads_lowp(device, shape, dtype, window, tau=0.1, seed=0):
+    """fused_match's fp16/bf16 gradients against float64 on the same rounded inputs, within 2x the error of
+    PyTorch's composite in that precision (plus 4 ulps). A row whose argmax differs from the float64 one in the
+    kernel or in PyTorch gets no upstream gradient (its window, and conf's cell, are then other cells)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    b, c, hs, ws, ht, wt = shape
+    fs = torch.randn(b, c, hs, ws, device=device, generator=g).to(dtype)
+    ft = torch.randn(b, c, ht, wt, device=device, generator=g).to(dtype)
+    leaves = {dt: (fs.to(dt).requires_grad_(), ft.to(dt).requires_grad_()) for dt in (dtype, F64)}
+    low = (fs.clone().requires_grad_(), ft.clone().requires_grad_())
+    flow, conf, arg = K.fused_match(*leaves[dtype], tau, window)
+    rflow, rconf, rarg = R.fused_match(*leaves[F64], tau, window)
+    lflow, lconf, larg = R.fused_match(*low, tau, window)
+    keep = (arg == rarg) & (larg == rarg)
+    assert keep.float().mean() > 0.9, "argmaxes disagree on too many rows for this comparison"
+    # one upstream for all three, exactly representable in dtype
+    gflow = (torch.randn(rflow.shape, device=device, generator=g) * keep[..., None]).to(dtype).double()
+    gconf = (torch.randn(rconf.shape, device=device, generator=g) * keep).to(dtype).double()
+    grads = [torch.autograd.grad((o_flow, o_conf), ins, (gflow.to(o_flow.dtype), gconf.to(o_conf.dtype)))
+             for (o_flow, o_conf), ins in (((flow, conf), leaves[dtype]), ((rflow, rconf), leaves[F64]),
+                                           ((lflow, lconf), low))]
+    for name, k, e, lo in zip(("grad_fs", "grad_ft"), *grads):
+        assert k.dtype == dtype
+        err, bound = (k.double() - e).abs().max().item(), _bound(lo, e, dtype)
+        assert err <= bound, f"{name} ({dtype}, window {window}): error {err:.3e} > bound {bound:.3e}"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("window", [-1, 0, 2])
+def test_fused_match_cuda_lowp_grads(shape, dtype, window):
+    check_match_grads_lowp("cuda", shape, dtype, window)
+
+
 def test_fused_match_128_memory():
     """128x128 maps at C=256 run in well under the memory one correlation volume needs."""
     fs = torch.randn(1, 256, 128, 128, device="cuda", dtype=torch.bfloat16)
