@@ -82,7 +82,7 @@ def check_match_grads_lowp(device, shape, dtype, window, tau=0.1, seed=0):
     b, c, hs, ws, ht, wt = shape
     fs = torch.randn(b, c, hs, ws, device=device, generator=g).to(dtype)
     ft = torch.randn(b, c, ht, wt, device=device, generator=g).to(dtype)
-    leaves = {dt: (fs.to(dt).requires_grad_(), ft.to(dt).requires_grad_()) for dt in (dtype, F64)}
+    leaves = {dt: (fs.to(dt, copy=True).requires_grad_(), ft.to(dt, copy=True).requires_grad_()) for dt in (dtype, F64)}
     low = (fs.clone().requires_grad_(), ft.clone().requires_grad_())
     flow, conf, arg = K.fused_match(*leaves[dtype], tau, window)
     rflow, rconf, rarg = R.fused_match(*leaves[F64], tau, window)
