@@ -4,7 +4,7 @@
 // (b, a, bb) is computed in register tiles of output channels x flat positions. grad_x is the same
 // convolution of grad with the flipped, channel-transposed weights; grad_weight has its own kernel,
 // parallel over (output-channel block, ci, ka) so that no two threads write the same weight.
-// The hot loops are compiled for AVX-512, AVX2+FMA and the x86-64 baseline and picked at runtime.
+// The hot loops are compiled for AVX-512, AVX2+FMA and the x86-64 baseline and picked at runtime (isa.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -14,6 +14,7 @@
 
 #include "../common.h"
 #include "../ops.h"
+#include "isa.h"
 
 namespace scc {
 namespace cpu {
@@ -42,12 +43,7 @@ inline void pad_plane(const T* src, T* dst, const Geom& g) {
 
 }  // namespace
 
-// `#pragma GCC target` multiversioning needs GCC on x86-64; elsewhere only the portable copy is built.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SCC_CONV4D_X86 1
-#endif
-
-#ifdef SCC_CONV4D_X86
+#ifdef SCC_CPU_X86
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 namespace {
@@ -87,33 +83,10 @@ namespace conv4d_base {
 
 namespace {
 
-enum class Isa { base, avx2, avx512 };
-
-// The best ISA this CPU supports; SCC_CONV4D_ISA=avx2 or =base selects a lower one (to test those paths).
-Isa detect_isa() {
-#ifdef SCC_CONV4D_X86
-  static const Isa isa = [] {
-    __builtin_cpu_init();
-    Isa best = Isa::base;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
-    if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-      best = Isa::avx512;
-    const char* want = std::getenv("SCC_CONV4D_ISA");
-    if (want != nullptr && std::strcmp(want, "base") == 0) return Isa::base;
-    if (want != nullptr && std::strcmp(want, "avx2") == 0 && best == Isa::avx512) return Isa::avx2;
-    return best;
-  }();
-  return isa;
-#else
-  return Isa::base;
-#endif
-}
-
 // Output-channel block of the grad_weight items, which differs per ISA.
 int64_t gw_cob(Isa isa) {
   switch (isa) {
-#ifdef SCC_CONV4D_X86
+#ifdef SCC_CPU_X86
     case Isa::avx512: return conv4d_avx512::kGwCob;
     case Isa::avx2: return conv4d_avx2::kGwCob;
 #endif
@@ -127,7 +100,7 @@ void conv_forward(const T* x, const T* wr, const T* bias, T* out, const Geom& g)
   const Isa isa = detect_isa();
   at::parallel_for(0, g.B * g.H1, 1, [&](int64_t begin, int64_t end) {
     switch (isa) {
-#ifdef SCC_CONV4D_X86
+#ifdef SCC_CPU_X86
       case Isa::avx512: conv4d_avx512::conv_rows<T>(x, wr, bias, out, g, begin, end); break;
       case Isa::avx2: conv4d_avx2::conv_rows<T>(x, wr, bias, out, g, begin, end); break;
 #endif
@@ -206,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv4d_backward(const at::Tensor&
     const int64_t items = (Cout + cob - 1) / cob * Cin * k;
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
       switch (isa) {
-#ifdef SCC_CONV4D_X86
+#ifdef SCC_CPU_X86
         case Isa::avx512: conv4d_avx512::grad_weight_items<T>(xd, gd, gwd, g, begin, end); break;
         case Isa::avx2: conv4d_avx2::grad_weight_items<T>(xd, gd, gwd, g, begin, end); break;
 #endif

@@ -4,17 +4,25 @@
 // running sums of p * col and p * row) and a running first argmax. A window >= 0 is resolved by a
 // second pass over only the (2 window + 1)^2 cells around each argmax. Peak extra memory is one
 // TI x TJ tile per thread plus O((Ns + Nt) C) for transposed features: never O(Ns Nt).
-// Backward recomputes the tiles from fs, ft and the saved row log-normalisers (lse).
+// Backward recomputes the tiles from fs, ft and the saved row log-normalisers (lse) three times: once for
+// each row's statistics (flow, window mass, P at the argmax), then per source tile (grad_fs) and per target
+// tile (grad_ft). The per-element row loops are vectorised (float: one copy per ISA, see isa.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "../common.h"
 #include "../ops.h"
+#include "isa.h"
+
+// inlined into each ISA's copy of the row loops below, and compiled for that ISA there
+#define SCC_ALWAYS_INLINE __attribute__((always_inline)) inline
 
 namespace scc {
 void check_feature_pair(const at::Tensor& fs, const at::Tensor& ft);  // correlation.cpp
@@ -50,6 +58,7 @@ Features prepare(const at::Tensor& fs_in, const at::Tensor& ft_in, double tau, i
   return F;
 }
 
+// The forward's window pass only (the backward takes every product from the tiles' GEMMs)
 template <typename T>
 inline T dot(const T* x, const T* y, int64_t n) {
   T s = 0;
@@ -60,9 +69,251 @@ inline T dot(const T* x, const T* y, int64_t n) {
 // Logit of one (i, j) pair from its dot product: relu(d / (a_i b_j + eps)) / tau. The ReLU keeps NaN
 // (as the reference's clamp does): a NaN feature must not turn into a confident match.
 template <typename T>
-inline T logit(T d, T ai, T bj, T inv_tau) {
+SCC_ALWAYS_INLINE T logit(T d, T ai, T bj, T inv_tau) {
   const T r = d / (ai * bj + static_cast<T>(kEps));
-  return !(r <= 0) ? r * inv_tau : T(0);
+  const T l = r * inv_tau;  // outside the select: GCC does not vectorise arithmetic under a condition
+  return !(r <= 0) ? l : T(0);
+}
+
+// exp of what this file exponentiates (a logit minus its row's running maximum or lse: <= 0 up to rounding;
+// valid up to 88). float: a Cody-Waite reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial, at most
+// 1.02 ulp from the exact value on [-87.3, 88], 0 where expf is subnormal (x < -87.4, values < 1.2e-38), NaN kept.
+// Unlike std::exp, GCC vectorises it (about 5x faster in the row loops below). double keeps std::exp.
+SCC_ALWAYS_INLINE float exp_small(float x) {
+  // Selects between values only, no arithmetic under a condition: GCC then vectorises without AVX-512's masks.
+  // NaN -> -104: no NaN converted to int below (ternaries, not std::min/max: those would not be inlined into
+  // the no-trapping-math copies below)
+  const float xl = x > -104.0f ? x : -104.0f;
+  const float xc = xl < 88.0f ? xl : 88.0f;
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest, vectorisable
+  const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;  // ln 2 in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = (p * r) * r + r + 1.0f;
+  const int32_t k = static_cast<int32_t>(n) + 127;
+  const int32_t bits = (k > 0 ? k : 0) << 23;  // 2^n, or 0 below 2^-126 (x < -87.4)
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float e = p * scale;
+  return x != x ? x : e;
+}
+SCC_ALWAYS_INLINE double exp_small(double x) { return std::exp(x); }
+
+// The logits of one tile row, in place; returns their maximum (NaN skipped), -inf if all are NaN.
+template <typename T>
+SCC_ALWAYS_INLINE T logits_row_impl(T* row, const T* bj, int64_t nj, T ai, T inv_tau) {
+  T tm = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : tm)
+  for (int64_t jj = 0; jj < nj; ++jj) {
+    const T l = logit(row[jj], ai, bj[jj], inv_tau);
+    row[jj] = l;
+    tm = l > tm ? l : tm;
+  }
+  // logits are >= 0 or NaN: a negative maximum is a simd lane's starting value, i.e. no logit but NaN
+  return tm >= 0 ? tm : -std::numeric_limits<T>::infinity();
+}
+
+// out = (sum_j e_j, sum_j e_j xs_j, sum_j e_j ys_j) with e_j = exp(row_j - m), in double; the last two only if xs.
+template <typename T>
+SCC_ALWAYS_INLINE void exp_sums_impl(const T* row, int64_t nj, T m, const T* xs, const T* ys, double* out) {
+  double s = 0, sx = 0, sy = 0;
+  if (xs == nullptr) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t jj = 0; jj < nj; ++jj) s += exp_small(row[jj] - m);
+  } else {
+#pragma omp simd reduction(+ : s, sx, sy)
+    for (int64_t jj = 0; jj < nj; ++jj) {
+      const double e = exp_small(row[jj] - m);
+      s += e;
+      sx += e * xs[jj];
+      sy += e * ys[jj];
+    }
+  }
+  out[0] = s;
+  out[1] = sx;
+  out[2] = sy;
+}
+
+// What one source row of a backward tile needs: its norm and lse, the upstream gradients, flow, 1 / window mass,
+// c_i, the window's bounds, the argmax's cell (as coordinates, compared with xs / ys) and 1 / sum_j exp(l_j - lse)
+// (1 up to the rounding of the saved lse, which is large at a small tau). The row statistics pass reads only ai, lse,
+// the window and the cell.
+template <typename T>
+struct GradRow {
+  T ai, lse, gx, gy, fx, fy, inv_S, gconf, c, r0, r1, c0, c1, ax, ay, pscale;
+};
+
+// Row statistics from one row of a backward tile, with P_j = exp(l_j - lse): adds sum_{j in W} P_j,
+// sum_{j in W} P_j x_j, sum_{j in W} P_j y_j, P at the argmax's cell (0 if it is not in this tile) and sum_j P_j to
+// out[0..4], in double.
+template <typename T>
+SCC_ALWAYS_INLINE void stats_row_impl(const T* d, const T* bj, const T* xs, const T* ys, int64_t nj, T inv_tau,
+                                      const GradRow<T>& g, double* out) {
+  double s = 0, sx = 0, sy = 0, pa = 0, z = 0;
+#pragma omp simd reduction(+ : s, sx, sy, pa, z)
+  for (int64_t jj = 0; jj < nj; ++jj) {
+    const T prob = exp_small(logit(d[jj], g.ai, bj[jj], inv_tau) - g.lse);
+    const bool in = (ys[jj] >= g.r0) & (ys[jj] <= g.r1) & (xs[jj] >= g.c0) & (xs[jj] <= g.c1);
+    const double pw = in ? prob : T(0);
+    s += pw;
+    sx += pw * xs[jj];
+    sy += pw * ys[jj];
+    pa += ((xs[jj] == g.ax) & (ys[jj] == g.ay)) ? prob : T(0);
+    z += prob;
+  }
+  out[0] += s;
+  out[1] += sx;
+  out[2] += sy;
+  out[3] += pa;
+  out[4] += z;
+}
+
+// One row of a backward tile: the dot products p_j -> A_j = dL/d(dot_j) in place. Returns
+// sum_j A_j r_j b_j (the row's normalisation gradient) and adds A_j r_j a_i to colq_j when colq is given.
+template <typename T>
+SCC_ALWAYS_INLINE double grad_row_impl(T* p, const T* bj, const T* xs, const T* ys, int64_t nj, T inv_tau,
+                                       const GradRow<T>& g, T* colq) {
+  double rowq = 0;
+#pragma omp simd reduction(+ : rowq)
+  for (int64_t jj = 0; jj < nj; ++jj) {
+    const T n = g.ai * bj[jj] + static_cast<T>(kEps);
+    const T rv = p[jj] / n;
+    const T prob = exp_small(logit(p[jj], g.ai, bj[jj], inv_tau) - g.lse) * g.pscale;  // stats_row_impl's P
+    const bool in = (ys[jj] >= g.r0) & (ys[jj] <= g.r1) & (xs[jj] >= g.c0) & (xs[jj] <= g.c1);
+    // every value computed, then selected: GCC does not vectorise arithmetic under a condition
+    const T flow_term = (g.gx * (xs[jj] - g.fx) + g.gy * (ys[jj] - g.fy)) * g.inv_S;
+    T gp = in ? flow_term : T(0);
+    gp += ((xs[jj] == g.ax) & (ys[jj] == g.ay)) ? g.gconf : T(0);
+    const T A_any = prob * (gp - g.c) * inv_tau / n;
+    const T A = rv > 0 ? A_any : T(0);
+    p[jj] = A;
+    rowq += A * rv * bj[jj];
+    if (colq != nullptr) colq[jj] += A * rv * g.ai;
+  }
+  return rowq;
+}
+
+}  // namespace
+
+// The float row loops in one copy per ISA (isa.h): GCC vectorises each for its ISA. no-trapping-math (results are
+// the same, only floating-point exception flags could differ) lets it compute both sides of the selects above in
+// vector lanes: otherwise it moves the arithmetic of one side under a branch, which only AVX-512's masks vectorise.
+#define SCC_FM_ROW_FUNCS                                                                                  \
+  float logits_row(float* row, const float* bj, int64_t nj, float ai, float inv_tau) {                    \
+    return logits_row_impl(row, bj, nj, ai, inv_tau);                                                     \
+  }                                                                                                       \
+  void exp_sums(const float* row, int64_t nj, float m, const float* xs, const float* ys, double* out) {   \
+    exp_sums_impl(row, nj, m, xs, ys, out);                                                               \
+  }                                                                                                       \
+  double grad_row(float* p, const float* bj, const float* xs, const float* ys, int64_t nj, float inv_tau, \
+                  const GradRow<float>& g, float* colq) {                                                 \
+    return grad_row_impl(p, bj, xs, ys, nj, inv_tau, g, colq);                                            \
+  }                                                                                                       \
+  void stats_row(const float* d, const float* bj, const float* xs, const float* ys, int64_t nj,           \
+                 float inv_tau, const GradRow<float>& g, double* out) {                                   \
+    stats_row_impl(d, bj, xs, ys, nj, inv_tau, g, out);                                                   \
+  }
+
+#ifdef SCC_CPU_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+#pragma GCC optimize("no-trapping-math")
+namespace {
+namespace fm_avx512 {
+SCC_FM_ROW_FUNCS
+}  // namespace fm_avx512
+}  // namespace
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#pragma GCC optimize("no-trapping-math")
+namespace {
+namespace fm_avx2 {
+SCC_FM_ROW_FUNCS
+}  // namespace fm_avx2
+}  // namespace
+#pragma GCC pop_options
+#endif
+
+#ifdef SCC_CPU_X86
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+namespace {
+namespace fm_base {
+SCC_FM_ROW_FUNCS
+}  // namespace fm_base
+}  // namespace
+#ifdef SCC_CPU_X86
+#pragma GCC pop_options
+#endif
+#undef SCC_FM_ROW_FUNCS
+
+namespace {
+
+struct RowFuncs {
+  decltype(&fm_base::logits_row) logits;
+  decltype(&fm_base::exp_sums) sums;
+  decltype(&fm_base::grad_row) grad;
+  decltype(&fm_base::stats_row) stats;
+};
+
+const RowFuncs& row_funcs() {
+  static const RowFuncs f = []() -> RowFuncs {
+    switch (detect_isa()) {
+#ifdef SCC_CPU_X86
+      case Isa::avx512: return {fm_avx512::logits_row, fm_avx512::exp_sums, fm_avx512::grad_row, fm_avx512::stats_row};
+      case Isa::avx2: return {fm_avx2::logits_row, fm_avx2::exp_sums, fm_avx2::grad_row, fm_avx2::stats_row};
+#endif
+      default: return {fm_base::logits_row, fm_base::exp_sums, fm_base::grad_row, fm_base::stats_row};
+    }
+  }();
+  return f;
+}
+
+inline float logits_row(float* row, const float* bj, int64_t nj, float ai, float inv_tau) {
+  return row_funcs().logits(row, bj, nj, ai, inv_tau);
+}
+inline void exp_sums(const float* row, int64_t nj, float m, const float* xs, const float* ys, double* out) {
+  row_funcs().sums(row, nj, m, xs, ys, out);
+}
+inline double grad_row(float* p, const float* bj, const float* xs, const float* ys, int64_t nj, float inv_tau,
+                       const GradRow<float>& g, float* colq) {
+  return row_funcs().grad(p, bj, xs, ys, nj, inv_tau, g, colq);
+}
+inline void stats_row(const float* d, const float* bj, const float* xs, const float* ys, int64_t nj, float inv_tau,
+                      const GradRow<float>& g, double* out) {
+  row_funcs().stats(d, bj, xs, ys, nj, inv_tau, g, out);
+}
+inline void stats_row(const double* d, const double* bj, const double* xs, const double* ys, int64_t nj,
+                      double inv_tau, const GradRow<double>& g, double* out) {
+  stats_row_impl(d, bj, xs, ys, nj, inv_tau, g, out);
+}
+inline double logits_row(double* row, const double* bj, int64_t nj, double ai, double inv_tau) {
+  return logits_row_impl(row, bj, nj, ai, inv_tau);
+}
+inline void exp_sums(const double* row, int64_t nj, double m, const double* xs, const double* ys, double* out) {
+  exp_sums_impl(row, nj, m, xs, ys, out);
+}
+inline double grad_row(double* p, const double* bj, const double* xs, const double* ys, int64_t nj, double inv_tau,
+                       const GradRow<double>& g, double* colq) {
+  return grad_row_impl(p, bj, xs, ys, nj, inv_tau, g, colq);
+}
+
+// Column and row coordinates of every target cell, as T (the row loops compare and weight with them).
+template <typename T>
+void cell_coords(int64_t Nt, int64_t wt, std::vector<T>& xs, std::vector<T>& ys) {
+  xs.resize(Nt);
+  ys.resize(Nt);
+  for (int64_t j = 0; j < Nt; ++j) {
+    xs[j] = static_cast<T>(j % wt);
+    ys[j] = static_cast<T>(j / wt);
+  }
 }
 
 }  // namespace
@@ -86,6 +337,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
     const T *fsT = F.fsT.data_ptr<T>(), *ftT = F.ftT.data_ptr<T>();
     T *fl = flow.data_ptr<T>(), *cf = conf.data_ptr<T>(), *ls = lse.data_ptr<T>();
     int64_t* am = arg.data_ptr<int64_t>();
+    std::vector<T> xs, ys;
+    cell_coords(F.Nt, F.wt, xs, ys);
     at::parallel_for(0, F.B * ntiles, 1, [&](int64_t t0, int64_t t1) {
       std::vector<T> m(TI);
       std::vector<Acc> s(TI), sx(TI), sy(TI);
@@ -106,30 +359,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
           for (int64_t ii = 0; ii < ni; ++ii) {
             T* row = dp + ii * nj;
             const T ai = a[b * F.Ns + i0 + ii];
-            T tm = -std::numeric_limits<T>::infinity();
-            int64_t targ = 0;
-            for (int64_t jj = 0; jj < nj; ++jj) {
-              const T l = logit(row[jj], ai, bj[jj], inv_tau);
-              row[jj] = l;
-              if (l > tm) { tm = l; targ = jj; }
-            }
+            const T tm = logits_row(row, bj, nj, ai, inv_tau);
             if (tm > m[ii]) {  // strict: an earlier tile keeps the argmax on ties
               const Acc scale = std::exp(static_cast<Acc>(m[ii]) - tm);
               s[ii] *= scale; sx[ii] *= scale; sy[ii] *= scale;
               m[ii] = tm;
+              int64_t targ = 0;  // the first maximum of this tile's row
+              while (targ + 1 < nj && row[targ] != tm) ++targ;
               best[ii] = j0 + targ;
             }
-            Acc acc = 0, ax = 0, ay = 0;
-            for (int64_t jj = 0; jj < nj; ++jj) {
-              const T e = std::exp(row[jj] - m[ii]);
-              acc += e;
-              if (window < 0) {
-                const int64_t j = j0 + jj;
-                ax += e * static_cast<Acc>(j % F.wt);
-                ay += e * static_cast<Acc>(j / F.wt);
-              }
-            }
-            s[ii] += acc; sx[ii] += ax; sy[ii] += ay;
+            Acc sums[3];
+            exp_sums(row, nj, m[ii], window < 0 ? xs.data() + j0 : nullptr, ys.data() + j0, sums);
+            s[ii] += sums[0]; sx[ii] += sums[1]; sy[ii] += sums[2];
           }
         }
         for (int64_t ii = 0; ii < ni; ++ii) {
@@ -149,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
             for (int64_t x = w.c0; x <= w.c1; ++x) {
               const int64_t j = y * F.wt + x;
               const T l = logit(dot(fi, ftT + (b * F.Nt + j) * F.C, F.C), a[r], bn[b * F.Nt + j], inv_tau);
-              const T p = std::exp(l - m[ii]);
+              const T p = exp_small(l - m[ii]);
               S += p; X += p * x; Y += p * y;
             }
           fl[2 * r] = static_cast<T>(X / S);
@@ -174,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
                     " elements and `grad_conf`/`argmax`/`lse` ", BN);
   const auto wdt = F.fsT.scalar_type();
   const at::Tensor gflow = gflow_in.to(wdt).contiguous(), gconf = gconf_in.to(wdt).contiguous();
-  const at::Tensor flow = flow_in.to(wdt).contiguous(), lse = lse_in.to(wdt).contiguous();
+  const at::Tensor lse = lse_in.to(wdt).contiguous();
   const at::Tensor argm = arg_in.to(at::kLong).contiguous();
   // argmax indexes the target cells below: a value from anywhere but fused_match would read out of bounds
   {
@@ -188,55 +429,64 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
   AT_DISPATCH_FLOATING_TYPES(wdt, "scc_fused_match_backward", [&] {
     using T = scalar_t;
     const T inv_tau = T(1) / static_cast<T>(tau);
+    // `flow` is only checked (above): the row statistics below recompute it from the tiles
     const T *a = F.a.data_ptr<T>(), *bn = F.b.data_ptr<T>(), *fsT = F.fsT.data_ptr<T>(), *ftT = F.ftT.data_ptr<T>();
-    const T *gf = gflow.data_ptr<T>(), *gc = gconf.data_ptr<T>(), *fl = flow.data_ptr<T>(), *ls = lse.data_ptr<T>();
+    const T *gf = gflow.data_ptr<T>(), *gc = gconf.data_ptr<T>(), *ls = lse.data_ptr<T>();
     const int64_t* am = argm.data_ptr<int64_t>();
-    // Per-row constants: S_i (window mass), and c_i = sum_j gP_ij P_ij, which reduces to
-    // grad_conf_i * conf_i because the flow term sums to zero over the window.
-    std::vector<T> S(BN), cst(BN);
-    at::parallel_for(0, BN, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / F.Ns, js = am[r];
-        const T* fi = fsT + r * F.C;
-        auto prob = [&](int64_t j) {
-          return std::exp(logit(dot(fi, ftT + (b * F.Nt + j) * F.C, F.C), a[r], bn[b * F.Nt + j], inv_tau) - ls[r]);
-        };
-        cst[r] = gc[r] * prob(js);
-        if (window < 0) { S[r] = T(1); continue; }
-        const Window w = window_of(js, F.ht, F.wt, window);
-        T s = 0;
-        for (int64_t y = w.r0; y <= w.r1; ++y)
-          for (int64_t x = w.c0; x <= w.c1; ++x) s += prob(y * F.wt + x);
-        S[r] = s;
+    std::vector<T> xs, ys;
+    cell_coords(F.Nt, F.wt, xs, ys);
+    const int64_t ti = (F.Ns + TI - 1) / TI, tj = (F.Nt + TJ - 1) / TJ;
+    auto tile = [&](int64_t b, int64_t i0, int64_t ni, int64_t j0, int64_t nj) {
+      return at::mm(F.fsT[b].narrow(0, i0, ni), F.ft[b].narrow(1, j0, nj));
+    };
+    auto row_of = [&](int64_t r) {
+      const Window w = window_of(am[r], F.ht, F.wt, window);
+      return GradRow<T>{a[r], ls[r], gf[2 * r], gf[2 * r + 1], T(0), T(0), T(0), gc[r], T(0),
+                        static_cast<T>(w.r0), static_cast<T>(w.r1), static_cast<T>(w.c0), static_cast<T>(w.c1),
+                        xs[am[r]], ys[am[r]], T(1)};
+    };
+    // Per-row statistics, from the same GEMM tiles as the gradient passes: the window mass S_i, the flow (the
+    // forward's, recomputed), and c_i = sum_j gP_ij P_ij, which reduces to grad_conf_i P_ij* because the flow term
+    // sums to zero over the window; all with P normalised by its own sum. Per-cell dot products (as the forward's
+    // window pass) round differently, and so does the saved lse (by up to an ulp of the largest logit): 1/tau
+    // amplifies either in the cancellation gP - c (the gradients were up to 70x PyTorch's float32 error at tau = 0.004).
+    std::vector<GradRow<T>> rows(BN);
+    at::parallel_for(0, F.B * ti, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<double> st(5 * TI);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / ti, i0 = (t % ti) * TI, ni = std::min(TI, F.Ns - i0);
+        std::fill(st.begin(), st.end(), 0.0);
+        for (int64_t ii = 0; ii < ni; ++ii) rows[b * F.Ns + i0 + ii] = row_of(b * F.Ns + i0 + ii);
+        for (int64_t j0 = 0; j0 < F.Nt; j0 += TJ) {
+          const int64_t nj = std::min(TJ, F.Nt - j0);
+          const at::Tensor d = tile(b, i0, ni, j0, nj);
+          const T* dp = d.data_ptr<T>();
+          for (int64_t ii = 0; ii < ni; ++ii)
+            stats_row(dp + ii * nj, bn + b * F.Nt + j0, xs.data() + j0, ys.data() + j0, nj, inv_tau,
+                      rows[b * F.Ns + i0 + ii], st.data() + 5 * ii);
+        }
+        for (int64_t ii = 0; ii < ni; ++ii) {
+          GradRow<T>& g = rows[b * F.Ns + i0 + ii];
+          const double* v = st.data() + 5 * ii;
+          g.fx = static_cast<T>(v[1] / v[0]);
+          g.fy = static_cast<T>(v[2] / v[0]);
+          g.inv_S = static_cast<T>(v[4] / v[0]);
+          g.c = static_cast<T>(g.gconf * v[3] / v[4]);
+          g.pscale = static_cast<T>(1 / v[4]);
+        }
       }
     });
     // A_ij = dL/d(dot_ij) and Q_ij = A_ij r_ij (the normalisation's factor) for one tile.
     auto tile_grads = [&](int64_t b, int64_t i0, int64_t ni, int64_t j0, int64_t nj, at::Tensor& A, T* rowq, T* colq) {
-      at::Tensor d = at::mm(F.fsT[b].narrow(0, i0, ni), F.ft[b].narrow(1, j0, nj));
+      at::Tensor d = tile(b, i0, ni, j0, nj);
       A = d;  // overwritten in place
       T* p = d.data_ptr<T>();
       for (int64_t ii = 0; ii < ni; ++ii) {
-        const int64_t r = b * F.Ns + i0 + ii;
-        const Window w = window_of(am[r], F.ht, F.wt, window);
-        const T ai = a[r], fx = fl[2 * r], fy = fl[2 * r + 1], gx = gf[2 * r], gy = gf[2 * r + 1];
-        for (int64_t jj = 0; jj < nj; ++jj) {
-          const int64_t j = j0 + jj, y = j / F.wt, x = j % F.wt;
-          const T n = ai * bn[b * F.Nt + j] + static_cast<T>(kEps);
-          const T rv = p[ii * nj + jj] / n;
-          T A_ = 0;
-          if (rv > 0) {
-            const T prob = std::exp(rv * inv_tau - ls[r]);
-            T gp = (y >= w.r0 && y <= w.r1 && x >= w.c0 && x <= w.c1) ? (gx * (x - fx) + gy * (y - fy)) / S[r] : T(0);
-            if (j == am[r]) gp += gc[r];
-            A_ = prob * (gp - cst[r]) * inv_tau / n;
-          }
-          p[ii * nj + jj] = A_;
-          if (rowq) rowq[ii] += A_ * rv * bn[b * F.Nt + j];
-          if (colq) colq[jj] += A_ * rv * ai;
-        }
+        const T q = static_cast<T>(grad_row(p + ii * nj, bn + b * F.Nt + j0, xs.data() + j0, ys.data() + j0, nj,
+                                            inv_tau, rows[b * F.Ns + i0 + ii], colq));
+        if (rowq) rowq[ii] += q;
       }
     };
-    const int64_t ti = (F.Ns + TI - 1) / TI, tj = (F.Nt + TJ - 1) / TJ;
     // grad_fs: tasks own source tiles.
     at::parallel_for(0, F.B * ti, 1, [&](int64_t t0, int64_t t1) {
       std::vector<T> rowq(TI);
