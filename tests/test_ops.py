@@ -212,7 +212,7 @@ def test_fused_match_backward_float32_error(window):
 @pytest.mark.parametrize("window", [-1, 1])
 def test_fused_match_float32_small_tau(window, tau):
     """Small temperatures: logits up to 1 / tau = 250, so the exponentials span the kernel's whole float32 range
-    (csrc/cpu/fused_match.cpp exp_small flushes arguments below -87.4 to 0) and 1 / tau amplifies any inconsistency
+    (csrc/cpu/fused_match.cpp exp_small flushes arguments below about -87.7 to 0) and 1 / tau amplifies any inconsistency
     between the forward's and the backward's probabilities (the gradients were 10-70x PyTorch's float32 error).
     Forward and gradients against float64: summed over eight inputs, at most twice PyTorch's float32 error plus an
     ulp (one input alone scatters from 0.3x to about 4x: both are float32 logits, rounded differently)."""

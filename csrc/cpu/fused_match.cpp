@@ -77,7 +77,7 @@ SCC_ALWAYS_INLINE T logit(T d, T ai, T bj, T inv_tau) {
 
 // exp of what this file exponentiates (a logit minus its row's running maximum or lse: <= 0 up to rounding;
 // valid up to 88). float: a Cody-Waite reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial, at most
-// 1.02 ulp from the exact value on [-87.3, 88], 0 where expf is subnormal (x < -87.4, values < 1.2e-38), NaN kept.
+// 1.02 ulp from the exact value on [-87.3, 88]; 0 below about -87.7 (where expf < 1.2e-38), NaN kept.
 // Unlike std::exp, GCC vectorises it (about 5x faster in the row loops below). double keeps std::exp.
 SCC_ALWAYS_INLINE float exp_small(float x) {
   // Selects between values only, no arithmetic under a condition: GCC then vectorises without AVX-512's masks.
@@ -95,7 +95,7 @@ SCC_ALWAYS_INLINE float exp_small(float x) {
   p = p * r + 5.0000001201e-1f;
   p = (p * r) * r + r + 1.0f;
   const int32_t k = static_cast<int32_t>(n) + 127;
-  const int32_t bits = (k > 0 ? k : 0) << 23;  // 2^n, or 0 below 2^-126 (x < -87.4)
+  const int32_t bits = (k > 0 ? k : 0) << 23;  // 2^n, or 0 below 2^-126
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   const float e = p * scale;
