@@ -88,7 +88,8 @@ def check_match_grads_lowp(device, shape, dtype, window, tau=0.1, seed=0):
     rflow, rconf, rarg = R.fused_match(*leaves[F64], tau, window)
     lflow, lconf, larg = R.fused_match(*low, tau, window)
     keep = (arg == rarg) & (larg == rarg)
-    assert keep.float().mean() > 0.9, "argmaxes disagree on too many rows for this comparison"
+    # a few rows may flip in low precision (2 of the small shape's 15 are 13%); most must remain to compare
+    assert keep.sum() >= keep.numel() // 2, "argmaxes disagree on too many rows for this comparison"
     # one upstream for all three, exactly representable in dtype
     gflow = (torch.randn(rflow.shape, device=device, generator=g) * keep[..., None]).to(dtype).double()
     gconf = (torch.randn(rconf.shape, device=device, generator=g) * keep).to(dtype).double()

@@ -177,7 +177,8 @@ def test_fused_match_backward_large_tiles(window, dtype):
 
 def match_float32_errors(shape, tau, window, seed) -> dict[str, tuple[float, float]]:
     """fused_match's float32 errors against float64 (flow, conf, and the gradients of a random linear function of
-    both), the kernel's and PyTorch's float32 autograd of the reference, on inputs drawn from `seed`."""
+    both): the kernel's, and PyTorch's float32 autograd of the reference plus one float32 ulp at the result's scale
+    (the floor where PyTorch happens to be exact), on inputs drawn from `seed`."""
     torch.manual_seed(seed)
     fs, ft = feats(*shape)
     b, _, hs, ws = fs.shape
@@ -192,7 +193,8 @@ def match_float32_errors(shape, tau, window, seed) -> dict[str, tuple[float, flo
     names = ("flow", "conf", "grad_fs", "grad_ft")
     exact, kernel, torch32 = run(R.fused_match, F64), run(K.fused_match, torch.float32), run(R.fused_match, torch.float32)
     assert all(torch.isfinite(k).all() for k in kernel)
-    return {n: ((k - e).abs().max().item(), (t - e).abs().max().item()) for n, k, t, e in zip(names, kernel, torch32, exact)}
+    return {n: ((k - e).abs().max().item(), (t - e).abs().max().item() + 1.2e-7 * e.abs().max().item())
+            for n, k, t, e in zip(names, kernel, torch32, exact)}
 
 
 @pytest.mark.parametrize("window", [-1, 1])
@@ -214,13 +216,13 @@ def test_fused_match_float32_small_tau(window, tau):
     """Small temperatures: logits up to 1 / tau = 250, so the exponentials span the kernel's whole float32 range
     (csrc/cpu/fused_match.cpp exp_small flushes arguments below about -87.7 to 0) and 1 / tau amplifies any inconsistency
     between the forward's and the backward's probabilities (the gradients were 10-70x PyTorch's float32 error).
-    Forward and gradients against float64: summed over eight inputs, at most twice PyTorch's float32 error plus an
-    ulp (one input alone scatters from 0.3x to about 4x: both are float32 logits, rounded differently)."""
+    Forward and gradients against float64: summed over eight inputs, at most twice PyTorch's float32 error (one input
+    alone scatters from 0.3x to about 4x: both are float32 logits, rounded differently)."""
     total = {}
     for seed in range(8):
         for name, (err, err_torch) in match_float32_errors((2, 9, 5, 7, 6, 11), tau, window, seed).items():
             k, t = total.get(name, (0.0, 0.0))
-            total[name] = (k + err, t + err_torch + 1.2e-7)
+            total[name] = (k + err, t + err_torch)
     for name, (err, err_torch) in total.items():
         assert err <= 2 * err_torch, f"{name}: error {err:.3g}, PyTorch float32 {err_torch:.3g}"
 

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -77,7 +78,7 @@ SCC_ALWAYS_INLINE T logit(T d, T ai, T bj, T inv_tau) {
 
 // exp of what this file exponentiates (a logit minus its row's running maximum or lse: <= 0 up to rounding;
 // valid up to 88). float: a Cody-Waite reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial, at most
-// 1.02 ulp from the exact value on [-87.3, 88]; 0 below about -87.7 (where expf < 1.2e-38), NaN kept.
+// 1.02 ulp from the exact value on [-87.3, 88]; 0 below about -87.7 (where exp < 1e-38), NaN kept.
 // Unlike std::exp, GCC vectorises it (about 5x faster in the row loops below). double keeps std::exp.
 SCC_ALWAYS_INLINE float exp_small(float x) {
   // Selects between values only, no arithmetic under a condition: GCC then vectorises without AVX-512's masks.
@@ -364,7 +365,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
               const Acc scale = std::exp(static_cast<Acc>(m[ii]) - tm);
               s[ii] *= scale; sx[ii] *= scale; sy[ii] *= scale;
               m[ii] = tm;
-              int64_t targ = 0;  // the first maximum of this tile's row
+              // the first maximum of this tile's row: tm is one of the stored logits, bit for bit
+              static_assert(FLT_EVAL_METHOD == 0, "no excess precision: stored logits must equal their maximum");
+              int64_t targ = 0;
               while (targ + 1 < nj && row[targ] != tm) ++targ;
               best[ii] = j0 + targ;
             }
@@ -447,7 +450,7 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
     };
     // Per-row statistics, from the same GEMM tiles as the gradient passes: the window mass S_i, the flow (the
     // forward's, recomputed), and c_i = sum_j gP_ij P_ij, which reduces to grad_conf_i P_ij* because the flow term
-    // sums to zero over the window; all with P normalised by its own sum. Per-cell dot products (as the forward's
+    // sums to zero over the window (up to the flow's rounding); all with P normalised by its own sum. Per-cell dot products (as the forward's
     // window pass) round differently, and so does the saved lse (by up to an ulp of the largest logit): 1/tau
     // amplifies either in the cancellation gP - c (the gradients were up to 70x PyTorch's float32 error at tau = 0.004).
     std::vector<GradRow<T>> rows(BN);
@@ -468,10 +471,12 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
         for (int64_t ii = 0; ii < ni; ++ii) {
           GradRow<T>& g = rows[b * F.Ns + i0 + ii];
           const double* v = st.data() + 5 * ii;
-          g.fx = static_cast<T>(v[1] / v[0]);
-          g.fy = static_cast<T>(v[2] / v[0]);
+          const double fx = v[1] / v[0], fy = v[2] / v[0];
+          g.fx = static_cast<T>(fx);
+          g.fy = static_cast<T>(fy);
           g.inv_S = static_cast<T>(v[4] / v[0]);
-          g.c = static_cast<T>(g.gconf * v[3] / v[4]);
+          // the flow term sums to u . (flow - flow rounded to T), not 0, over the window: kept in c
+          g.c = static_cast<T>(g.gconf * v[3] / v[4] + g.gx * (fx - g.fx) + g.gy * (fy - g.fy));
           g.pscale = static_cast<T>(1 / v[4]);
         }
       }

@@ -3,6 +3,8 @@
 // tests can run those copies on a machine that would never pick them; it is read once per process.
 #pragma once
 
+#include <c10/util/Exception.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -27,8 +29,11 @@ inline Isa detect_isa() {
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
       best = Isa::avx512;
     const char* want = std::getenv("SCC_CPU_ISA");
-    if (want != nullptr && std::strcmp(want, "base") == 0) return Isa::base;
-    if (want != nullptr && std::strcmp(want, "avx2") == 0 && best == Isa::avx512) return Isa::avx2;
+    if (want == nullptr || *want == '\0') return best;
+    if (std::strcmp(want, "base") == 0) return Isa::base;
+    if (std::strcmp(want, "avx2") == 0) return best == Isa::avx512 ? Isa::avx2 : best;
+    if (std::strcmp(want, "avx512") != 0)
+      TORCH_WARN("scc: SCC_CPU_ISA=", want, " is not one of avx512, avx2, base: ignored");
     return best;
   }();
   return isa;
