@@ -32,6 +32,10 @@ run_bench() {
 }
 if [ -n "${SCC_GPU_QUICK:-}" ]; then run_bench; run_tests; else run_tests; run_bench; fi
 
+echo "== fused_match float32 error / PyTorch's, Triton (docs/performance.md: small temperatures)"
+timeout 120 python3 benchmarks/fused_match_precision.py --triton > "$OUT/fused_match_precision.md" 2>&1
+tail -17 "$OUT/fused_match_precision.md"
+
 echo "== argument errors (own process: a crash here must not hide the results above)"
 timeout 60 python3 -X faulthandler -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda_ops.py::test_argument_errors \
   > "$OUT/tests_args.log" 2>&1

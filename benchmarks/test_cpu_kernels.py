@@ -92,6 +92,20 @@ def test_fused_match(benchmark, impl):
     run(benchmark, "fused_match window2 B2 C128 32x32", impl, lambda: fn(fs, ft, 0.05, 2))
 
 
+@pytest.mark.parametrize("impl", ["scc", "reference"])
+def test_fused_match_backward(benchmark, impl):
+    """Forward and backward (what training through the matcher costs)."""
+    fs, ft = (x.requires_grad_() for x in features())
+    fn = K.fused_match if impl == "scc" else R.fused_match
+
+    def step():
+        with torch.enable_grad():
+            flow, conf, _ = fn(fs, ft, 0.05, 2)
+            torch.autograd.grad(flow.sum() + conf.sum(), (fs, ft))
+
+    run(benchmark, "fused_match forward+backward window2 B2 C128 32x32", impl, step)
+
+
 def ncnet_conv4d(x, w, b):
     """NC-Net's Conv4d: a Python loop of conv3d over the first spatial axis (the baseline)."""
     _, _, h1, _, _, _ = x.shape

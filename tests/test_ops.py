@@ -175,14 +175,15 @@ def test_fused_match_backward_large_tiles(window, dtype):
                 [fs, ft], dtype, outs_idx=[0, 1, 2])
 
 
-def match_float32_errors(shape, tau, window, seed) -> dict[str, tuple[float, float]]:
+def match_float32_errors(shape, tau, window, seed, kernel=K.fused_match, device="cpu") -> dict[str, tuple[float, float]]:
     """fused_match's float32 errors against float64 (flow, conf, and the gradients of a random linear function of
-    both): the kernel's, and PyTorch's float32 autograd of the reference plus one float32 ulp at the result's scale
-    (the floor where PyTorch happens to be exact), on inputs drawn from `seed`."""
+    both): `kernel`'s, and PyTorch's float32 autograd of the reference plus one float32 ulp at the result's scale
+    (the floor where PyTorch happens to be exact), on inputs drawn from `seed`. Also used by
+    benchmarks/fused_match_precision.py."""
     torch.manual_seed(seed)
-    fs, ft = feats(*shape)
+    fs, ft = (x.to(device) for x in feats(*shape))
     b, _, hs, ws = fs.shape
-    u_flow, u_conf = torch.randn(b, hs, ws, 2, dtype=F64), torch.randn(b, hs, ws, dtype=F64)
+    u_flow, u_conf = torch.randn(b, hs, ws, 2, dtype=F64).to(device), torch.randn(b, hs, ws, dtype=F64).to(device)
 
     def run(fn, dtype):
         a, t = fs.to(dtype).requires_grad_(), ft.to(dtype).requires_grad_()
@@ -191,10 +192,10 @@ def match_float32_errors(shape, tau, window, seed) -> dict[str, tuple[float, flo
         return [flow.detach().double(), conf.detach().double(), *[g.double() for g in torch.autograd.grad(loss, [a, t])]]
 
     names = ("flow", "conf", "grad_fs", "grad_ft")
-    exact, kernel, torch32 = run(R.fused_match, F64), run(K.fused_match, torch.float32), run(R.fused_match, torch.float32)
-    assert all(torch.isfinite(k).all() for k in kernel)
+    exact, ours, torch32 = run(R.fused_match, F64), run(kernel, torch.float32), run(R.fused_match, torch.float32)
+    assert all(torch.isfinite(k).all() for k in ours)
     return {n: ((k - e).abs().max().item(), (t - e).abs().max().item() + 1.2e-7 * e.abs().max().item())
-            for n, k, t, e in zip(names, kernel, torch32, exact)}
+            for n, k, t, e in zip(names, ours, torch32, exact)}
 
 
 @pytest.mark.parametrize("window", [-1, 1])
