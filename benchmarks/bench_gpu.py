@@ -9,11 +9,11 @@ Times are triton.testing.do_bench medians (synchronised, ms). Writes DIR/gpu_ben
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -67,16 +67,6 @@ def safe(fn, *a, **k):
         return None
 
 
-@contextlib.contextmanager
-def forced_small_problem(limit):
-    saved = TC.SMALL_PROBLEM
-    TC.SMALL_PROBLEM = limit
-    try:
-        yield
-    finally:
-        TC.SMALL_PROBLEM = saved
-
-
 def correlation_cases(dev, compile_ref):
     for c in (256, 1024):
         for h in (32, 64):
@@ -92,7 +82,7 @@ def correlation_cases(dev, compile_ref):
             # K-loop, one launch; above: the norm kernel, then the GEMM) from measurements
             small = b * n * n * c <= TC.SMALL_PROBLEM
             other = "scc, norm kernel + GEMM (forced)" if small else "scc, norms in K-loop (forced)"
-            with forced_small_problem(0 if small else 2**62):
+            with mock.patch.object(TC, "SMALL_PROBLEM", 0 if small else 2**62):
                 record("correlation", case, other, bench(lambda: K.correlation(fs, ft)), flops, nbytes)
             record("correlation", case, "torch.bmm (no norm/relu)", bench(lambda: torch.bmm(a, bt)), flops, nbytes)
             record("correlation", case, "reference", bench(lambda: R.correlation(fs, ft)), flops, nbytes)

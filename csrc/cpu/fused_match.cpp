@@ -146,6 +146,10 @@ SCC_ALWAYS_INLINE void exp_sums_impl(const T* row, int64_t nj, T m, const T* xs,
 template <typename T>
 struct GradRow {
   T ai, lse, gx, gy, fx, fy, inv_S, gconf, c, r0, r1, c0, c1, ax, ay, pscale;
+
+  // bitwise &, not &&: no branches in the vectorised loops
+  SCC_ALWAYS_INLINE bool in_window(T x, T y) const { return (y >= r0) & (y <= r1) & (x >= c0) & (x <= c1); }
+  SCC_ALWAYS_INLINE bool at_argmax(T x, T y) const { return (x == ax) & (y == ay); }
 };
 
 // Row statistics from one row of a backward tile, with P_j = exp(l_j - lse): adds sum_{j in W} P_j,
@@ -158,12 +162,11 @@ SCC_ALWAYS_INLINE void stats_row_impl(const T* d, const T* bj, const T* xs, cons
 #pragma omp simd reduction(+ : s, sx, sy, pa, z)
   for (int64_t jj = 0; jj < nj; ++jj) {
     const T prob = exp_small(logit(d[jj], g.ai, bj[jj], inv_tau) - g.lse);
-    const bool in = (ys[jj] >= g.r0) & (ys[jj] <= g.r1) & (xs[jj] >= g.c0) & (xs[jj] <= g.c1);
-    const double pw = in ? prob : T(0);
+    const double pw = g.in_window(xs[jj], ys[jj]) ? prob : T(0);
     s += pw;
     sx += pw * xs[jj];
     sy += pw * ys[jj];
-    pa += ((xs[jj] == g.ax) & (ys[jj] == g.ay)) ? prob : T(0);
+    pa += g.at_argmax(xs[jj], ys[jj]) ? prob : T(0);
     z += prob;
   }
   out[0] += s;
@@ -184,11 +187,10 @@ SCC_ALWAYS_INLINE double grad_row_impl(T* p, const T* bj, const T* xs, const T* 
     const T n = g.ai * bj[jj] + static_cast<T>(kEps);
     const T rv = p[jj] / n;
     const T prob = exp_small(logit(p[jj], g.ai, bj[jj], inv_tau) - g.lse) * g.pscale;  // stats_row_impl's P
-    const bool in = (ys[jj] >= g.r0) & (ys[jj] <= g.r1) & (xs[jj] >= g.c0) & (xs[jj] <= g.c1);
     // every value computed, then selected: GCC does not vectorise arithmetic under a condition
     const T flow_term = (g.gx * (xs[jj] - g.fx) + g.gy * (ys[jj] - g.fy)) * g.inv_S;
-    T gp = in ? flow_term : T(0);
-    gp += ((xs[jj] == g.ax) & (ys[jj] == g.ay)) ? g.gconf : T(0);
+    T gp = g.in_window(xs[jj], ys[jj]) ? flow_term : T(0);
+    gp += g.at_argmax(xs[jj], ys[jj]) ? g.gconf : T(0);
     const T A_any = prob * (gp - g.c) * inv_tau / n;
     const T A = rv > 0 ? A_any : T(0);
     p[jj] = A;
@@ -203,19 +205,19 @@ SCC_ALWAYS_INLINE double grad_row_impl(T* p, const T* bj, const T* xs, const T* 
 // The float row loops in one copy per ISA (isa.h): GCC vectorises each for its ISA. no-trapping-math (results are
 // the same, only floating-point exception flags could differ) lets it compute both sides of the selects above in
 // vector lanes: otherwise it moves the arithmetic of one side under a branch, which only AVX-512's masks vectorise.
-#define SCC_FM_ROW_FUNCS                                                                                  \
-  float logits_row(float* row, const float* bj, int64_t nj, float ai, float inv_tau) {                    \
+#define SCC_FM_ROW_FUNCS(T)                                                                               \
+  T logits_row(T* row, const T* bj, int64_t nj, T ai, T inv_tau) {                                        \
     return logits_row_impl(row, bj, nj, ai, inv_tau);                                                     \
   }                                                                                                       \
-  void exp_sums(const float* row, int64_t nj, float m, const float* xs, const float* ys, double* out) {   \
+  void exp_sums(const T* row, int64_t nj, T m, const T* xs, const T* ys, double* out) {                   \
     exp_sums_impl(row, nj, m, xs, ys, out);                                                               \
   }                                                                                                       \
-  double grad_row(float* p, const float* bj, const float* xs, const float* ys, int64_t nj, float inv_tau, \
-                  const GradRow<float>& g, float* colq) {                                                 \
+  double grad_row(T* p, const T* bj, const T* xs, const T* ys, int64_t nj, T inv_tau, const GradRow<T>& g, \
+                  T* colq) {                                                                              \
     return grad_row_impl(p, bj, xs, ys, nj, inv_tau, g, colq);                                            \
   }                                                                                                       \
-  void stats_row(const float* d, const float* bj, const float* xs, const float* ys, int64_t nj,           \
-                 float inv_tau, const GradRow<float>& g, double* out) {                                   \
+  void stats_row(const T* d, const T* bj, const T* xs, const T* ys, int64_t nj, T inv_tau,                \
+                 const GradRow<T>& g, double* out) {                                                      \
     stats_row_impl(d, bj, xs, ys, nj, inv_tau, g, out);                                                   \
   }
 
@@ -225,7 +227,7 @@ SCC_ALWAYS_INLINE double grad_row_impl(T* p, const T* bj, const T* xs, const T* 
 #pragma GCC optimize("no-trapping-math")
 namespace {
 namespace fm_avx512 {
-SCC_FM_ROW_FUNCS
+SCC_FM_ROW_FUNCS(float)
 }  // namespace fm_avx512
 }  // namespace
 #pragma GCC pop_options
@@ -235,7 +237,7 @@ SCC_FM_ROW_FUNCS
 #pragma GCC optimize("no-trapping-math")
 namespace {
 namespace fm_avx2 {
-SCC_FM_ROW_FUNCS
+SCC_FM_ROW_FUNCS(float)
 }  // namespace fm_avx2
 }  // namespace
 #pragma GCC pop_options
@@ -247,7 +249,8 @@ SCC_FM_ROW_FUNCS
 #endif
 namespace {
 namespace fm_base {
-SCC_FM_ROW_FUNCS
+SCC_FM_ROW_FUNCS(float)
+SCC_FM_ROW_FUNCS(double)  // float64 has only this copy (std::exp does not vectorise)
 }  // namespace fm_base
 }  // namespace
 #ifdef SCC_CPU_X86
@@ -257,15 +260,17 @@ SCC_FM_ROW_FUNCS
 
 namespace {
 
+template <typename T>
 struct RowFuncs {
-  decltype(&fm_base::logits_row) logits;
-  decltype(&fm_base::exp_sums) sums;
-  decltype(&fm_base::grad_row) grad;
-  decltype(&fm_base::stats_row) stats;
+  T (*logits)(T*, const T*, int64_t, T, T);
+  void (*sums)(const T*, int64_t, T, const T*, const T*, double*);
+  double (*grad)(T*, const T*, const T*, const T*, int64_t, T, const GradRow<T>&, T*);
+  void (*stats)(const T*, const T*, const T*, const T*, int64_t, T, const GradRow<T>&, double*);
 };
 
-const RowFuncs& row_funcs() {
-  static const RowFuncs f = []() -> RowFuncs {
+// The row loops for T on this CPU (looked up once per call, outside the loops).
+const RowFuncs<float>& row_funcs(float) {
+  static const RowFuncs<float> f = []() -> RowFuncs<float> {
     switch (detect_isa()) {
 #ifdef SCC_CPU_X86
       case Isa::avx512: return {fm_avx512::logits_row, fm_avx512::exp_sums, fm_avx512::grad_row, fm_avx512::stats_row};
@@ -276,34 +281,9 @@ const RowFuncs& row_funcs() {
   }();
   return f;
 }
-
-inline float logits_row(float* row, const float* bj, int64_t nj, float ai, float inv_tau) {
-  return row_funcs().logits(row, bj, nj, ai, inv_tau);
-}
-inline void exp_sums(const float* row, int64_t nj, float m, const float* xs, const float* ys, double* out) {
-  row_funcs().sums(row, nj, m, xs, ys, out);
-}
-inline double grad_row(float* p, const float* bj, const float* xs, const float* ys, int64_t nj, float inv_tau,
-                       const GradRow<float>& g, float* colq) {
-  return row_funcs().grad(p, bj, xs, ys, nj, inv_tau, g, colq);
-}
-inline void stats_row(const float* d, const float* bj, const float* xs, const float* ys, int64_t nj, float inv_tau,
-                      const GradRow<float>& g, double* out) {
-  row_funcs().stats(d, bj, xs, ys, nj, inv_tau, g, out);
-}
-inline void stats_row(const double* d, const double* bj, const double* xs, const double* ys, int64_t nj,
-                      double inv_tau, const GradRow<double>& g, double* out) {
-  stats_row_impl(d, bj, xs, ys, nj, inv_tau, g, out);
-}
-inline double logits_row(double* row, const double* bj, int64_t nj, double ai, double inv_tau) {
-  return logits_row_impl(row, bj, nj, ai, inv_tau);
-}
-inline void exp_sums(const double* row, int64_t nj, double m, const double* xs, const double* ys, double* out) {
-  exp_sums_impl(row, nj, m, xs, ys, out);
-}
-inline double grad_row(double* p, const double* bj, const double* xs, const double* ys, int64_t nj, double inv_tau,
-                       const GradRow<double>& g, double* colq) {
-  return grad_row_impl(p, bj, xs, ys, nj, inv_tau, g, colq);
+const RowFuncs<double>& row_funcs(double) {
+  static const RowFuncs<double> f{fm_base::logits_row, fm_base::exp_sums, fm_base::grad_row, fm_base::stats_row};
+  return f;
 }
 
 // Column and row coordinates of every target cell, as T (the row loops compare and weight with them).
@@ -338,6 +318,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
     const T *fsT = F.fsT.data_ptr<T>(), *ftT = F.ftT.data_ptr<T>();
     T *fl = flow.data_ptr<T>(), *cf = conf.data_ptr<T>(), *ls = lse.data_ptr<T>();
     int64_t* am = arg.data_ptr<int64_t>();
+    const RowFuncs<T>& rf = row_funcs(T());
     std::vector<T> xs, ys;
     cell_coords(F.Nt, F.wt, xs, ys);
     at::parallel_for(0, F.B * ntiles, 1, [&](int64_t t0, int64_t t1) {
@@ -360,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
           for (int64_t ii = 0; ii < ni; ++ii) {
             T* row = dp + ii * nj;
             const T ai = a[b * F.Ns + i0 + ii];
-            const T tm = logits_row(row, bj, nj, ai, inv_tau);
+            const T tm = rf.logits(row, bj, nj, ai, inv_tau);
             if (tm > m[ii]) {  // strict: an earlier tile keeps the argmax on ties
               const Acc scale = std::exp(static_cast<Acc>(m[ii]) - tm);
               s[ii] *= scale; sx[ii] *= scale; sy[ii] *= scale;
@@ -372,7 +353,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
               best[ii] = j0 + targ;
             }
             Acc sums[3];
-            exp_sums(row, nj, m[ii], window < 0 ? xs.data() + j0 : nullptr, ys.data() + j0, sums);
+            rf.sums(row, nj, m[ii], window < 0 ? xs.data() + j0 : nullptr, ys.data() + j0, sums);
             s[ii] += sums[0]; sx[ii] += sums[1]; sy[ii] += sums[2];
           }
         }
@@ -436,6 +417,7 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
     const T *a = F.a.data_ptr<T>(), *bn = F.b.data_ptr<T>(), *fsT = F.fsT.data_ptr<T>(), *ftT = F.ftT.data_ptr<T>();
     const T *gf = gflow.data_ptr<T>(), *gc = gconf.data_ptr<T>(), *ls = lse.data_ptr<T>();
     const int64_t* am = argm.data_ptr<int64_t>();
+    const RowFuncs<T>& rf = row_funcs(T());
     std::vector<T> xs, ys;
     cell_coords(F.Nt, F.wt, xs, ys);
     const int64_t ti = (F.Ns + TI - 1) / TI, tj = (F.Nt + TJ - 1) / TJ;
@@ -465,7 +447,7 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
           const at::Tensor d = tile(b, i0, ni, j0, nj);
           const T* dp = d.data_ptr<T>();
           for (int64_t ii = 0; ii < ni; ++ii)
-            stats_row(dp + ii * nj, bn + b * F.Nt + j0, xs.data() + j0, ys.data() + j0, nj, inv_tau,
+            rf.stats(dp + ii * nj, bn + b * F.Nt + j0, xs.data() + j0, ys.data() + j0, nj, inv_tau,
                       rows[b * F.Ns + i0 + ii], st.data() + 5 * ii);
         }
         for (int64_t ii = 0; ii < ni; ++ii) {
@@ -487,7 +469,7 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
       A = d;  // overwritten in place
       T* p = d.data_ptr<T>();
       for (int64_t ii = 0; ii < ni; ++ii) {
-        const T q = static_cast<T>(grad_row(p + ii * nj, bn + b * F.Nt + j0, xs.data() + j0, ys.data() + j0, nj,
+        const T q = static_cast<T>(rf.grad(p + ii * nj, bn + b * F.Nt + j0, xs.data() + j0, ys.data() + j0, nj,
                                             inv_tau, rows[b * F.Ns + i0 + ii], colq));
         if (rowq) rowq[ii] += q;
       }
