@@ -20,7 +20,8 @@ import sys
 
 import torch
 
-sys.path[:0] = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # scc_kernels built in place (gpu_check.sh) need not be installed
 from test_ops import match_float32_errors  # noqa: E402
 
 SHAPE = (2, 9, 5, 7, 6, 11)  # B, C, hs, ws, ht, wt

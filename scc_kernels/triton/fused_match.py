@@ -14,8 +14,8 @@ sum p * col, sum p * row over the cells inside each row's window, visiting only 
 the block's windows can touch. Logits are handled in base 2 (exp2) with scale log2(e) / tau; lse is
 returned in natural log units.
 
-Backward by recomputation: a row-statistics kernel (the same window pass, from lse) gives flow_i, S_i and
-conf_i; then one kernel over source blocks accumulates grad_fs += dS ft^T and one over target blocks
+Backward by recomputation: a row-statistics kernel (a sweep over the whole row, from lse) gives flow_i, S_i,
+conf_i and the row's normaliser Z_i (lse's float32 rounding at 1 / tau, divided out); then one kernel over source blocks accumulates grad_fs += dS ft^T and one over target blocks
 grad_ft += dS^T fs, each recomputing the logits of every tile pair it visits (no atomics: deterministic).
 The dS tiles enter the second dot in the input dtype (half-precision tensor cores, fp32 accumulation),
 scaled by the owning block's norm to keep them in fp16 range. Without RESIDENT the channel dimension is
@@ -64,6 +64,14 @@ def _relu(x):
 
 
 @triton.jit
+def _cosine(d, na, nb, eps):
+    """r = d / (na nb + eps), written once for every pass (forward, row statistics, gradients): the backward's
+    P_ij must round as its statistics pass's do, or 1 / tau amplifies the difference (the softmax backward
+    cancels). (d * (1 / n) would round differently, and spills in the fp32 forward.)"""
+    return d / (na * nb + eps)
+
+
+@triton.jit
 def _load_block_t(x_b, stride_c, offs, C, BLOCK_K: tl.constexpr):
     """The whole channel dimension of cells offs of a row-padded (C, N) layout, as a (len(offs), BLOCK_K)
     tile."""
@@ -106,35 +114,42 @@ def _window_range(jstar, mask_m, wt, Nt, radius, BLOCK_N: tl.constexpr):
 def _window_sums(
     q, fs_b, ft_b, nb_b, na, stride_sc, stride_tc, offs_m, jstar, m2, n_lo, n_hi, Ns, Nt, C, wt,
     scale, eps, radius,
-    WINDOWED: tl.constexpr, RESIDENT: tl.constexpr,
+    WINDOWED: tl.constexpr, ROW_SUM: tl.constexpr, RESIDENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Over target tiles [n_lo, n_hi) and, if WINDOWED, only the cells within radius of jstar_i (rows and
-    columns): the sums of p = exp2(l2_ij - m2_i), p * col_j, p * row_j, and p at jstar_i."""
+    columns): the sums of p = exp2(l2_ij - m2_i), p * col_j, p * row_j, p at jstar_i and, with ROW_SUM, of p
+    over every cell of the tiles (the window ignored; else the window sum again)."""
     rs = jstar // wt
     cs = jstar % wt
     sp = tl.zeros((BLOCK_M,), dtype=tl.float32)
     spx = tl.zeros((BLOCK_M,), dtype=tl.float32)
     spy = tl.zeros((BLOCK_M,), dtype=tl.float32)
     pstar = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    sz = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < Nt
         d = _scores(q, fs_b, ft_b, stride_sc, stride_tc, offs_m, offs_n, C, RESIDENT, BLOCK_M, BLOCK_N, BLOCK_K)
         nb = tl.load(nb_b + offs_n, mask=mask_n, other=0.0)
-        l2 = _relu(d / (na[:, None] * nb[None, :] + eps)) * scale
+        l2 = _relu(_cosine(d, na[:, None], nb[None, :], eps)) * scale
         col = offs_n % wt
         row = offs_n // wt
         inside = mask_n[None, :]
         if WINDOWED:
             inside = inside & (tl.abs(row[None, :] - rs[:, None]) <= radius) & \
                      (tl.abs(col[None, :] - cs[:, None]) <= radius)
-        p = tl.where(inside, tl.exp2(l2 - m2[:, None]), 0.0)
+        e = tl.exp2(l2 - m2[:, None])
+        p = tl.where(inside, e, 0.0)
         sp += tl.sum(p, axis=1)
         spx += tl.sum(p * col.to(tl.float32)[None, :], axis=1)
         spy += tl.sum(p * row.to(tl.float32)[None, :], axis=1)
         pstar += tl.sum(tl.where(offs_n[None, :] == jstar[:, None], p, 0.0), axis=1)
-    return sp, spx, spy, pstar
+        if ROW_SUM and WINDOWED:
+            sz += tl.sum(tl.where(mask_n[None, :], e, 0.0), axis=1)
+    if not (ROW_SUM and WINDOWED):
+        sz = sp
+    return sp, spx, spy, pstar, sz
 
 
 @triton.jit
@@ -144,6 +159,8 @@ def _fused_match_fwd_kernel(
     WINDOWED: tl.constexpr, RESIDENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    scale = tl.cast(scale, tl.float32)  # torch.compile (2.11's inductor) passes Python floats as fp64
+    eps = tl.cast(eps, tl.float32)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Ns
@@ -164,7 +181,7 @@ def _fused_match_fwd_kernel(
         mask_n = offs_n < Nt
         d = _scores(q, fs_b, ft_b, stride_sc, stride_tc, offs_m, offs_n, C, RESIDENT, BLOCK_M, BLOCK_N, BLOCK_K)
         nb = tl.load(nb_b + offs_n, mask=mask_n, other=0.0)
-        l2 = _relu(d / (na[:, None] * nb[None, :] + eps)) * scale
+        l2 = _relu(_cosine(d, na[:, None], nb[None, :], eps)) * scale
         l2 = tl.where(mask_n[None, :], l2, float("-inf"))
         # The running max and argmax skip NaN logits (a NaN feature): they still reach the sums below and make
         # the row's outputs NaN, while m stays a number (and the interpreter's argmax refuses all-NaN rows).
@@ -184,8 +201,9 @@ def _fused_match_fwd_kernel(
         m = m_new
     if WINDOWED:
         n_lo, n_hi = _window_range(arg, mask_m, wt, Nt, window, BLOCK_N)
-        sp, sx, sy, _ = _window_sums(q, fs_b, ft_b, nb_b, na, stride_sc, stride_tc, offs_m, arg, m, n_lo, n_hi,
-                                     Ns, Nt, C, wt, scale, eps, window, True, RESIDENT, BLOCK_M, BLOCK_N, BLOCK_K)
+        sp, sx, sy, _, _ = _window_sums(q, fs_b, ft_b, nb_b, na, stride_sc, stride_tc, offs_m, arg, m, n_lo, n_hi,
+                                        Ns, Nt, C, wt, scale, eps, window, True, False, RESIDENT,
+                                        BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         sp = l
     row_off = pid_b * Ns + offs_m
@@ -198,12 +216,17 @@ def _fused_match_fwd_kernel(
 
 @triton.jit
 def _row_stats_kernel(
-    fs_ptr, ft_ptr, na_ptr, nb_ptr, arg_ptr, lse_ptr, flow_ptr, S_ptr, conf_ptr, Ns, Nt, C, wt,
+    fs_ptr, ft_ptr, na_ptr, nb_ptr, arg_ptr, lse_ptr, flow_ptr, S_ptr, conf_ptr, Z_ptr, Ns, Nt, C, wt,
     stride_sb, stride_sc, stride_tb, stride_tc, scale, eps, window,
     WINDOWED: tl.constexpr, RESIDENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Per source row, from lse: flow_i, S_i = sum_{j in W_i} P_ij and conf_i = P_ij* (fp32)."""
+    """Per source row, with P_ij = exp(l_ij - lse_i) recomputed: flow_i, S_i = sum_{j in W_i} P_ij,
+    conf_i = P_ij* and the row's normaliser Z_i = sum_j P_ij (fp32). Z_i is 1 up to the rounding of lse_i to
+    float32 at the magnitude of 1 / tau, which the backward must divide out (see fused_match_bwd). In
+    windowed mode that takes a sweep over the whole row (the window sums ride along)."""
+    scale = tl.cast(scale, tl.float32)  # torch.compile (2.11's inductor) passes Python floats as fp64
+    eps = tl.cast(eps, tl.float32)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < Ns
@@ -215,18 +238,14 @@ def _row_stats_kernel(
     q = 0
     if RESIDENT:
         q = _load_block_t(fs_b, stride_sc, offs_m, C, BLOCK_K)
-    if WINDOWED:
-        n_lo, n_hi = _window_range(jstar, mask_m, wt, Nt, window, BLOCK_N)
-    else:
-        n_lo = 0
-        n_hi = Nt
-    sp, sx, sy, pstar = _window_sums(q, fs_b, ft_ptr + pid_b * stride_tb, nb_ptr + pid_b * Nt, na, stride_sc,
-                                     stride_tc, offs_m, jstar, lse2, n_lo, n_hi, Ns, Nt, C, wt, scale, eps,
-                                     window, WINDOWED, RESIDENT, BLOCK_M, BLOCK_N, BLOCK_K)
+    sp, sx, sy, pstar, sz = _window_sums(q, fs_b, ft_ptr + pid_b * stride_tb, nb_ptr + pid_b * Nt, na, stride_sc,
+                                         stride_tc, offs_m, jstar, lse2, 0, Nt, Ns, Nt, C, wt, scale, eps,
+                                         window, WINDOWED, True, RESIDENT, BLOCK_M, BLOCK_N, BLOCK_K)
     tl.store(flow_ptr + 2 * row_off, sx / sp, mask=mask_m)
     tl.store(flow_ptr + 2 * row_off + 1, sy / sp, mask=mask_m)
     tl.store(S_ptr + row_off, sp, mask=mask_m)
     tl.store(conf_ptr + row_off, pstar, mask=mask_m)
+    tl.store(Z_ptr + row_off, sz, mask=mask_m)
 
 
 @triton.jit
@@ -254,8 +273,8 @@ def _grad_tile(
     grad_l_ij = P_ij ([j in W_i] (u_i . x_j - v_i) + gconf_i [j = j*_i] - c_i), grad_C = grad_l / tau,
     u_i = grad_flow_i / S_i, v_i = u_i . flow_i, c_i = gconf_i conf_i. The factor own_norm (the norm of
     the program's own cell) is divided out after the contraction; it keeps A in fp16 range."""
+    r = _cosine(d, na, nb, eps)
     inv_n = 1.0 / (na * nb + eps)
-    r = d * inv_n
     P = tl.where(valid, tl.exp2(_relu(r) * scale - lse2), 0.0)
     col = j % wt
     row = j // wt
@@ -277,6 +296,9 @@ def _grad_fs_kernel(
 ):
     """grad_fs_i = sum_j A_ij ft_j - fs_i / a_i sum_j Q_ij b_j for BLOCK_M rows and BLOCK_C channels
     (all of them, BLOCK_C = BLOCK_K, if RESIDENT); grad_fs has the layout of fs."""
+    scale = tl.cast(scale, tl.float32)  # torch.compile (2.11's inductor) passes Python floats as fp64
+    inv_tau = tl.cast(inv_tau, tl.float32)
+    eps = tl.cast(eps, tl.float32)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -327,6 +349,9 @@ def _grad_ft_kernel(
     """grad_ft_j = sum_i A_ij fs_i - ft_j / b_j sum_i Q_ij a_i for BLOCK_N target cells and BLOCK_C
     channels; grad_ft has the layout of ft. Tiles are (target, source): the transposed scores come
     straight from the dot, so dS^T needs no register transpose."""
+    scale = tl.cast(scale, tl.float32)  # torch.compile (2.11's inductor) passes Python floats as fp64
+    inv_tau = tl.cast(inv_tau, tl.float32)
+    eps = tl.cast(eps, tl.float32)
     pid_b = tl.program_id(2).to(tl.int64)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -439,15 +464,22 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     flow = new_output((b, ns, 2), torch.float32, dev)
     S = new_output((b, ns), torch.float32, dev)
     conf = new_output((b, ns), torch.float32, dev)
+    Z = new_output((b, ns), torch.float32, dev)
     scfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     wrap_triton(_row_stats_kernel)[(cdiv(ns, scfg["BLOCK_M"]), b)](
-        fs3, ft3, na, nb, arg, lse, flow, S, conf, *common, EPS, radius, WINDOWED=windowed, **scfg,
+        fs3, ft3, na, nb, arg, lse, flow, S, conf, Z, *common, EPS, radius, WINDOWED=windowed, **scfg,
     )
     gflow = torch.zeros_like(flow) if grad_flow is None else grad_flow.reshape(b, ns, 2).float()
     gconf = torch.zeros_like(S) if grad_conf is None else grad_conf.reshape(b, ns).float()
+    # The kernels' P_ij = exp(l_ij - lse_i) sum to Z_i, not 1. The flow term only sees P_ij / S_i, in which Z_i
+    # cancels; the conf term gconf_i P_ij ([j = j*_i] - conf_i) needs P / Z: with conf_i near 1 (small tau),
+    # 1 - conf_i cancels, and an unnormalised conf_i (Z_i off by lse's float32 rounding at 1 / tau) made the
+    # float32 gradients up to 11x PyTorch's float32 error at tau = 0.01 (3x at 0.05). So gconf / Z and
+    # c_i = gconf_i / Z_i * conf_i / Z_i; c_i = sum_j gP_ij P_ij reduces to that as the flow term sums
+    # P_ij (x_j - flow_i) over W_i to 0.
     u = gflow / S[..., None]
-    # c_i = sum_j gP_ij P_ij reduces to gconf_i conf_i: the flow term sums P_ij (x_j - flow_i) over W_i = 0.
-    coef = torch.stack([na, lse * LOG2E, u[..., 0], u[..., 1], (u * flow).sum(-1), gconf, gconf * conf],
+    gconf = gconf / Z
+    coef = torch.stack([na, lse * LOG2E, u[..., 0], u[..., 1], (u * flow).sum(-1), gconf, gconf * (conf / Z)],
                        dim=1).contiguous()
 
     grad_fs = new_output(fs3.shape, fs3.dtype, dev)  # row-padded like fs3 / ft3
