@@ -29,6 +29,8 @@ def use_backend(name: str) -> Iterator[None]:
     "auto" (default): the compiled kernel for the tensors' device; "reference": the pure-PyTorch
     reference; "cpu" / "cuda" / "triton": the compiled kernel, checked to be that one (an op on a
     device whose kernel is another kind raises ValueError, e.g. "triton" for mutual_nn).
+    Under torch.compile the backend is guarded (a change recompiles); with a torch whose compiler cannot
+    trace a ContextVar (2.11), a function compiled inside the block keeps the backend it was compiled with.
     """
     if name not in BACKENDS:
         raise ValueError(f"scc: backend must be one of {BACKENDS}, got {name!r}")
@@ -46,8 +48,18 @@ def kernel_kind(op: str, device: torch.device) -> str:
     return "triton" if op in _TRITON_OPS else "cuda"
 
 
+def _current_backend() -> str:
+    return _backend.get()
+
+
+try:  # newer torch.compile traces ContextVar.get, and guards on its value
+    from torch._dynamo.variables import ContextVarVariable  # noqa: F401
+except ImportError:  # torch 2.11's cannot (a graph break; an error with fullgraph): read it once per compile
+    _current_backend = torch.compiler.assume_constant_result(_current_backend)
+
+
 def _use_reference(op: str, t: torch.Tensor) -> bool:
-    name = _backend.get()
+    name = _current_backend()
     if name == "reference":
         return True
     if name != "auto" and isinstance(t, torch.Tensor):

@@ -95,13 +95,18 @@ def _res_usage(cubin: bytes) -> dict:
     return {k.lower(): int(v) for k, v in fields.items()}
 
 
-def compile_all() -> list[dict]:
+def compile_all(float_type: str = "fp32") -> list[dict]:
+    """Every variant, aligned and not, with the float scalars typed float_type; with "fp64" (how torch 2.11's
+    inductor passes Python floats to a user's Triton kernel), one variant per kernel, not aligned."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     target = GPUTarget("cuda", 90, 32)
     results = []
-    for (name, kernel, cfg, ptrs), aligned in ((v, a) for v in _variants() for a in (False, True)):
+    variants = [(v, a) for v in _variants() for a in (False, True)]
+    if float_type != "fp32":
+        variants = list({v[0]: (v, False) for v, _ in reversed(variants)}.values())
+    for (name, kernel, cfg, ptrs), aligned in variants:
         constexprs = {k: v for k, v in cfg.items() if k in kernel.arg_names}
         flags = {k: v for k, v in constexprs.items() if not k.startswith("BLOCK") and k != "GROUP_M"}
         signature, attrs = {}, {}
@@ -112,7 +117,7 @@ def compile_all() -> list[dict]:
                 signature[arg] = "*" + ptrs.get(arg, "fp32")
                 attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
             elif arg in FLOAT_ARGS:
-                signature[arg] = "fp32"
+                signature[arg] = float_type
             else:
                 signature[arg] = "i32"
                 if (aligned and arg not in UNALIGNED_ARGS) or arg in ALIGNED_ARGS:
@@ -130,14 +135,27 @@ def compile_all() -> list[dict]:
     return results
 
 
-@pytest.fixture(scope="module")
-def aot_results():
+def _compile_in_child(*flags: str) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"], env=env, cwd=root,
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--json", *flags], env=env, cwd=root,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def aot_results():
+    return _compile_in_child()
+
+
+def test_aot_compiles_with_fp64_scalars():
+    """torch.compile on torch 2.11 (the GPU machine's) hands the kernels' float arguments (eps, scale, inv_tau)
+    over as fp64: unless the kernels cast them, their logits became fp64 and fused_match's loop-carried running
+    maximum changed type (a CompilationError; GPU run 3)."""
+    res = _compile_in_child("--fp64-scalars")
+    assert {r["kernel"] for r in res} == {"norm", "corr_fwd", "corr_bwd", "match_fwd", "match_rowstats",
+                                          "match_grad_fs", "match_grad_ft"}
 
 
 def test_aot_compiles_every_kernel(aot_results):
@@ -159,7 +177,7 @@ def test_aot_shared_memory(aot_results):
 
 if __name__ == "__main__":
     _stub_package()
-    res = compile_all()
+    res = compile_all("fp64" if "--fp64-scalars" in sys.argv else "fp32")
     if "--json" in sys.argv:
         print(json.dumps(res))
     else:

@@ -7,7 +7,7 @@ operand layout and stall the software pipeline (GPU run 1: 78 TFLOP/s at B=8, C=
 problems are the exception: there the GPU work takes a few microseconds, a call costs what the host spends
 on its Triton launches, so they take the norms in the K-loop and launch once (NORMS_IN_LOOP; GPU runs 1
 and 2 at B=8, C=256, 32x32: 0.07 ms with run 1's one-launch kernel, 128 x 128 tiles, and 0.21 ms with
-three launches; the shipped small path, the second config below, is not yet timed on a GPU).
+three launches; run 3: 0.081 ms with the shipped small path, the second config below, 0.098 ms forced the other way).
 fs (B, C, hs, ws) and ft (B, C, ht, wt) are read in their native (B, C, N) layout: a tile of fs is a
 (BLOCK_K, BLOCK_M) slab, contiguous along M, transposed in the dot. Rows (the N axis) are
 zero-padded to a multiple of 16 elements when they are not one already (pad_rows: an O(B C N) copy) and
@@ -45,10 +45,12 @@ BWD_CONFIGS = {  # the bwd tile holds more live (BLOCK_M, BLOCK_N) values: half 
     torch.bfloat16: dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
 }
 NORM_CONFIG = dict(BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
-# Problems up to this many multiply-adds (B Ns Nt C) take the norms in the K-loop and one launch. GPU runs 1
-# (norms in the loop) and 2 (separate norms): B=8, C=256, 32x32 (2^31) took 0.07 and 0.21 ms; B=8, C=1024,
-# 32x32 (2^33) 0.23 and 0.18 ms.
-SMALL_PROBLEM = 2**32
+# Volumes of up to this many cells (B Ns Nt) take the norms in the K-loop and one launch: the call is host-bound
+# there. GPU run 3 (H100, both paths forced at each size): at 2^23 cells one launch was faster (B=8, 32x32:
+# 0.081 vs 0.098 ms at C=256, 0.189 vs 0.232 ms at C=1024), at 2^27 the norm kernel + GEMM (B=8, 64x64: 0.27 vs
+# 0.82 ms at C=256, 0.54 vs 2.88 ms at C=1024). (The split was by multiply-adds, B Ns Nt C <= 2^32, until run 3
+# showed that it sent B=8, C=1024, 32x32 the slower way.) 2^24 lies between; sizes in between were not timed.
+SMALL_PROBLEM = 2**24
 
 
 def cdiv(a: int, b: int) -> int:
@@ -177,6 +179,7 @@ def _corr_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """NORMS_IN_LOOP: the norms come from the K-loop's tiles (na_ptr / nb_ptr unread), else from na / nb."""
+    eps = tl.cast(eps, tl.float32)  # torch.compile (2.11's inductor) passes Python floats as fp64
     pid_b = tl.program_id(1).to(tl.int64)  # batch offsets can exceed 2^31 elements
     pid_m, pid_n = _tile_ids(Ns, Nt, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -210,6 +213,7 @@ def _corr_bwd_kernel(
     """Elementwise part of the backward: A_ij = gr_ij / n_ij (fp32, (B, Ns, Nt) contiguous) and the
     per-tile partial sums sum_j Q_ij b_j -> rowq (B, n_tiles_n, Ns), sum_i Q_ij a_i -> colq (B, n_tiles_m, Nt).
     Partial sums per tile (instead of atomics) keep the result deterministic."""
+    eps = tl.cast(eps, tl.float32)  # torch.compile (2.11's inductor) passes Python floats as fp64
     pid_b = tl.program_id(1).to(tl.int64)
     pid_m, pid_n = _tile_ids(Ns, Nt, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -278,7 +282,7 @@ def _num_sms(index: int) -> int:
 
 def _pick_fwd_config(dtype, device, b, ns, nt, c, normalize, config):
     configs = FWD_CONFIGS[dtype]
-    small = b * ns * nt * c <= SMALL_PROBLEM
+    small = b * ns * nt <= SMALL_PROBLEM
     if small:  # the small tile: the K-loop's norms need registers for the operand tiles
         cfg = configs[-1]
     elif device.type == "cuda":
@@ -294,7 +298,7 @@ def correlation_fwd(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, 
     """(B, C, hs, ws), (B, C, ht, wt) -> (B, hs, ws, ht, wt) in the input dtype.
 
     ``config`` overrides entries of the FWD_CONFIGS entry picked (block sizes, num_warps, num_stages) and
-    NORMS_IN_LOOP (default: problems of at most SMALL_PROBLEM multiply-adds)."""
+    NORMS_IN_LOOP (default: volumes of at most SMALL_PROBLEM cells)."""
     b, c, hs, ws = fs.shape
     ht, wt = ft.shape[-2:]
     fs3, ft3 = _flat(fs, ft)
