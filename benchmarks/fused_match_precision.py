@@ -34,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--triton", action="store_true", help="the Triton kernels (a GPU, or TRITON_INTERPRET=1)")
     parser.add_argument("--seeds", type=int, default=8, help="random inputs per entry")
+    parser.add_argument("--absolute", action="store_true",
+                        help="print both sums (kernel / PyTorch) instead of their ratio: tells whether a ratio moved "
+                             "with the kernel or with PyTorch's own error (which differs between CPU and GPU)")
     args = parser.parse_args()
     kernel = None
     device = "cpu"
@@ -44,7 +47,8 @@ def main() -> None:
 
         def kernel(a, b, tau, window):
             return torch.ops.scc.fused_match_triton(a, b, tau, window)[:3]
-    print(f"fused_match float32 error / PyTorch's float32 error, {'Triton' if args.triton else 'CPU'} kernel "
+    what = "summed float32 errors, kernel / PyTorch" if args.absolute else "float32 error / PyTorch's float32 error"
+    print(f"fused_match {what}, {'Triton' if args.triton else 'CPU'} kernel "
           f"on {device}, shape {SHAPE}, sums over {args.seeds} inputs")
     print("| tau | window | " + " | ".join(NAMES) + " |")
     print("|---|---|" + "---|" * len(NAMES))
@@ -56,7 +60,8 @@ def main() -> None:
                 for name, (err, err_torch) in match_float32_errors(SHAPE, tau, window, seed, device=device,
                                                                    **extra).items():
                     total[name] = (total[name][0] + err, total[name][1] + err_torch)
-            print(f"| {tau} | {window} | " + " | ".join(f"{k / t:.2f}" for k, t in total.values()) + " |", flush=True)
+            cells = (f"{k:.2e} / {t:.2e}" if args.absolute else f"{k / t:.2f}" for k, t in total.values())
+            print(f"| {tau} | {window} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

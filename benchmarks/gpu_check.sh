@@ -49,8 +49,11 @@ run_bench() {
 if [ -n "${SCC_GPU_QUICK:-}" ]; then run_bench; run_tests; else run_tests; run_bench; fi
 
 echo "== fused_match float32 error / PyTorch's, Triton (docs/performance.md: small temperatures)"
-timeout 90 python3 benchmarks/fused_match_precision.py --triton > "$OUT/fused_match_precision.md" 2>&1
+timeout 60 python3 benchmarks/fused_match_precision.py --triton > "$OUT/fused_match_precision.md" 2>&1
 tail -17 "$OUT/fused_match_precision.md"
+# the sums themselves (PyTorch's CUDA float32 error differs from its CPU one; docs/performance.md has the
+# interpreter's sums for the same inputs)
+{ echo; timeout 60 python3 benchmarks/fused_match_precision.py --triton --absolute; } >> "$OUT/fused_match_precision.md" 2>&1
 
 echo "== argument errors (own process: a crash here must not hide the results above)"
 timeout 60 python3 -X faulthandler -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda_ops.py::test_argument_errors \

@@ -226,7 +226,7 @@ def _run_nan() -> dict:
     return out
 
 
-PRECISION_TAUS = (0.01, 0.004)
+PRECISION_TAUS = (0.05, 0.01, 0.004)
 
 
 def _run_precision() -> dict:
@@ -326,12 +326,17 @@ def test_nan_feature_propagates_interpret():
 
 
 def test_fused_match_float32_small_tau_interpret():
-    """float32 forward and gradients at tau = 0.01 and 0.004 within twice PyTorch's float32 error (sums over eight
-    inputs). The backward's probabilities were normalised by the saved lse alone, rounded to float32 at the
-    magnitude of 1 / tau, and rounded their logits unlike the statistics pass: 3.6-11x at tau = 0.01."""
+    """float32 forward and gradients at tau = 0.05 (scc's default), 0.01 and 0.004 within twice PyTorch's float32
+    error (sums over eight inputs). The backward's probabilities were normalised by the saved lse alone, rounded
+    to float32 at the magnitude of 1 / tau, and rounded their logits unlike the statistics pass: 3.6-11x at
+    tau = 0.01. With a window at tau = 0.05, no more than PyTorch's own error (as the CPU kernel): the window's
+    flow sums were taken in grid coordinates, 1.5-1.9x there (2.2-2.5x on the H100, GPU run 3)."""
     res = _interpret("--precision")
     bad = {case: ratios for case, ratios in res.items() if max(ratios.values()) > 2.0}
     assert not bad, bad
+    windowed = {case: ratios for case, ratios in res.items() if case.startswith("tau0.05 window") and
+                not case.endswith("window-1") and max(ratios.values()) > 1.0}
+    assert not windowed, windowed
 
 
 @pytest.mark.parametrize("case", CORR_CASES, ids=_case_id)

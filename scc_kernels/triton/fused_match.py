@@ -118,8 +118,11 @@ def _window_sums(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Over target tiles [n_lo, n_hi) and, if WINDOWED, only the cells within radius of jstar_i (rows and
-    columns): the sums of p = exp2(l2_ij - m2_i), p * col_j, p * row_j, p at jstar_i and, with ROW_SUM, of p
-    over every cell of the tiles (the window ignored; else the window sum again)."""
+    columns): the sums of p = exp2(l2_ij - m2_i), p * (col_j - col_j*), p * (row_j - row_j*), p at jstar_i and,
+    with ROW_SUM, of p over every cell of the tiles (the window ignored; else the window sum again). Offsets from
+    the argmax cell: the backward needs sum_j p_ij (x_j - flow_i) = 0 to the rounding of numbers of the
+    window's size, not of the grid's (flow_i rounded at the magnitude of its coordinates made the windowed
+    float32 gradients 3x the CPU kernel's error)."""
     rs = jstar // wt
     cs = jstar % wt
     sp = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -133,17 +136,16 @@ def _window_sums(
         d = _scores(q, fs_b, ft_b, stride_sc, stride_tc, offs_m, offs_n, C, RESIDENT, BLOCK_M, BLOCK_N, BLOCK_K)
         nb = tl.load(nb_b + offs_n, mask=mask_n, other=0.0)
         l2 = _relu(_cosine(d, na[:, None], nb[None, :], eps)) * scale
-        col = offs_n % wt
-        row = offs_n // wt
+        dc = (offs_n % wt)[None, :] - cs[:, None]
+        dr = (offs_n // wt)[None, :] - rs[:, None]
         inside = mask_n[None, :]
         if WINDOWED:
-            inside = inside & (tl.abs(row[None, :] - rs[:, None]) <= radius) & \
-                     (tl.abs(col[None, :] - cs[:, None]) <= radius)
+            inside = inside & (tl.abs(dr) <= radius) & (tl.abs(dc) <= radius)
         e = tl.exp2(l2 - m2[:, None])
         p = tl.where(inside, e, 0.0)
         sp += tl.sum(p, axis=1)
-        spx += tl.sum(p * col.to(tl.float32)[None, :], axis=1)
-        spy += tl.sum(p * row.to(tl.float32)[None, :], axis=1)
+        spx += tl.sum(p * dc.to(tl.float32), axis=1)
+        spy += tl.sum(p * dr.to(tl.float32), axis=1)
         pstar += tl.sum(tl.where(offs_n[None, :] == jstar[:, None], p, 0.0), axis=1)
         if ROW_SUM and WINDOWED:
             sz += tl.sum(tl.where(mask_n[None, :], e, 0.0), axis=1)
@@ -204,11 +206,14 @@ def _fused_match_fwd_kernel(
         sp, sx, sy, _, _ = _window_sums(q, fs_b, ft_b, nb_b, na, stride_sc, stride_tc, offs_m, arg, m, n_lo, n_hi,
                                         Ns, Nt, C, wt, scale, eps, window, True, False, RESIDENT,
                                         BLOCK_M, BLOCK_N, BLOCK_K)
+        fx = (arg % wt).to(tl.float32) + sx / sp  # the sums are offsets from the argmax cell
+        fy = (arg // wt).to(tl.float32) + sy / sp
     else:
-        sp = l
+        fx = sx / l
+        fy = sy / l
     row_off = pid_b * Ns + offs_m
-    tl.store(flow_ptr + 2 * row_off, sx / sp, mask=mask_m)
-    tl.store(flow_ptr + 2 * row_off + 1, sy / sp, mask=mask_m)
+    tl.store(flow_ptr + 2 * row_off, fx, mask=mask_m)
+    tl.store(flow_ptr + 2 * row_off + 1, fy, mask=mask_m)
     tl.store(conf_ptr + row_off, 1.0 / l, mask=mask_m)  # P at the argmax = exp2(m - m) / l
     tl.store(arg_ptr + row_off, arg.to(tl.int64), mask=mask_m)
     tl.store(lse_ptr + row_off, (m + tl.log2(l)) / 1.4426950408889634, mask=mask_m)
@@ -221,7 +226,7 @@ def _row_stats_kernel(
     WINDOWED: tl.constexpr, RESIDENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Per source row, with P_ij = exp(l_ij - lse_i) recomputed: flow_i, S_i = sum_{j in W_i} P_ij,
+    """Per source row, with P_ij = exp(l_ij - lse_i) recomputed: flow_i - x_j*_i, S_i = sum_{j in W_i} P_ij,
     conf_i = P_ij* and the row's normaliser Z_i = sum_j P_ij (fp32). Z_i is 1 up to the rounding of lse_i to
     float32 at the magnitude of 1 / tau, which the backward must divide out (see fused_match_bwd). In
     windowed mode that takes a sweep over the whole row (the window sums ride along)."""
@@ -270,17 +275,19 @@ def _grad_tile(
     """Elementwise dS for a tile of dot products d; every other argument is broadcast against d (source
     quantities na..jstar, target ones nb and j). Returns A * own_norm and Q * own_norm, with
     A = grad_C [r > 0] / n and Q = A r, where
-    grad_l_ij = P_ij ([j in W_i] (u_i . x_j - v_i) + gconf_i [j = j*_i] - c_i), grad_C = grad_l / tau,
-    u_i = grad_flow_i / S_i, v_i = u_i . flow_i, c_i = gconf_i conf_i. The factor own_norm (the norm of
+    grad_l_ij = P_ij ([j in W_i] u_i . (x_j - flow_i) + gconf_i [j = j*_i] - c_i), grad_C = grad_l / tau,
+    u_i = grad_flow_i / S_i, v_i = u_i . (flow_i - x_j*_i), c_i = gconf_i conf_i. The factor own_norm (the norm of
     the program's own cell) is divided out after the contraction; it keeps A in fp16 range."""
     r = _cosine(d, na, nb, eps)
     inv_n = 1.0 / (na * nb + eps)
     P = tl.where(valid, tl.exp2(_relu(r) * scale - lse2), 0.0)
-    col = j % wt
-    row = j // wt
-    gp = ux * col.to(tl.float32) + uy * row.to(tl.float32) - v
+    # offsets from the argmax cell: u . (x_j - flow_i) as u . (x_j - x_j*) - v_i, v_i = u . (flow_i - x_j*), whose
+    # terms are about the window's size (u . x_j - u . flow_i cancelled to 1 / (grid size) of its terms)
+    dc = j % wt - jstar % wt
+    dr = j // wt - jstar // wt
+    gp = ux * dc.to(tl.float32) + uy * dr.to(tl.float32) - v
     if WINDOWED:
-        inside = (tl.abs(row - jstar // wt) <= window) & (tl.abs(col - jstar % wt) <= window)
+        inside = (tl.abs(dr) <= window) & (tl.abs(dc) <= window)
         gp = tl.where(inside, gp, 0.0)
     gp += tl.where(j == jstar, gconf, 0.0)
     A = tl.where(r > 0, P * (gp - c) * inv_tau, 0.0) * (inv_n * own_norm)
@@ -479,6 +486,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     # P_ij (x_j - flow_i) over W_i to 0.
     u = gflow / S[..., None]
     gconf = gconf / Z
+    # flow holds flow_i - x_j*_i (the row-statistics kernel's offsets from the argmax cell): v_i = u_i . that
     coef = torch.stack([na, lse * LOG2E, u[..., 0], u[..., 1], (u * flow).sum(-1), gconf, gconf * (conf / Z)],
                        dim=1).contiguous()
 
