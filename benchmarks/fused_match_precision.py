@@ -22,9 +22,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]  # scc_kernels built in place (gpu_check.sh) need not be installed
-from test_ops import match_float32_errors  # noqa: E402
+from test_ops import SMALL_TAU_SHAPE, summed_float32_errors  # noqa: E402
 
-SHAPE = (2, 9, 5, 7, 6, 11)  # B, C, hs, ws, ht, wt
 TAUS = (0.1, 0.05, 0.02, 0.01, 0.004)
 WINDOWS = (-1, 1, 2)
 NAMES = ("flow", "conf", "grad_fs", "grad_ft")
@@ -49,17 +48,13 @@ def main() -> None:
             return torch.ops.scc.fused_match_triton(a, b, tau, window)[:3]
     what = "summed float32 errors, kernel / PyTorch" if args.absolute else "float32 error / PyTorch's float32 error"
     print(f"fused_match {what}, {'Triton' if args.triton else 'CPU'} kernel "
-          f"on {device}, shape {SHAPE}, sums over {args.seeds} inputs")
+          f"on {device}, shape {SMALL_TAU_SHAPE}, sums over {args.seeds} inputs")
     print("| tau | window | " + " | ".join(NAMES) + " |")
     print("|---|---|" + "---|" * len(NAMES))
     for tau in TAUS:
         for window in WINDOWS:
-            total = dict.fromkeys(NAMES, (0.0, 0.0))
-            for seed in range(args.seeds):
-                extra = {} if kernel is None else {"kernel": kernel}
-                for name, (err, err_torch) in match_float32_errors(SHAPE, tau, window, seed, device=device,
-                                                                   **extra).items():
-                    total[name] = (total[name][0] + err, total[name][1] + err_torch)
+            extra = {} if kernel is None else {"kernel": kernel}
+            total = summed_float32_errors(tau, window, args.seeds, device=device, **extra)
             cells = (f"{k:.2e} / {t:.2e}" if args.absolute else f"{k / t:.2f}" for k, t in total.values())
             print(f"| {tau} | {window} | " + " | ".join(cells) + " |", flush=True)
 

@@ -117,15 +117,9 @@ def test_fused_match_cuda_float32_small_tau(tau, window):
     """float32 forward and gradients at scc's default temperature and below, summed over eight inputs, within
     twice PyTorch's float32 error on the GPU (1 / tau amplifies any inconsistency between the forward's and the
     backward's probabilities; the CPU kernel's test: tests/test_ops.py::test_fused_match_float32_small_tau)."""
-    from test_ops import match_float32_errors
+    from test_ops import summed_float32_errors
 
-    total = {}
-    for seed in range(8):
-        for name, (err, err_torch) in match_float32_errors((2, 9, 5, 7, 6, 11), tau, window, seed,
-                                                           device="cuda").items():
-            k, t = total.get(name, (0.0, 0.0))
-            total[name] = (k + err, t + err_torch)
-    for name, (err, err_torch) in total.items():
+    for name, (err, err_torch) in summed_float32_errors(tau, window, device="cuda").items():
         assert err <= 2 * err_torch, f"{name}: error {err:.3g}, PyTorch float32 {err_torch:.3g} ({err / err_torch:.2f}x)"
 
 

@@ -198,6 +198,20 @@ def match_float32_errors(shape, tau, window, seed, kernel=K.fused_match, device=
             for n, k, t, e in zip(names, ours, torch32, exact)}
 
 
+SMALL_TAU_SHAPE = (2, 9, 5, 7, 6, 11)  # B, C, hs, ws, ht, wt
+
+
+def summed_float32_errors(tau, window, seeds=8, shape=SMALL_TAU_SHAPE, **kw) -> dict[str, tuple[float, float]]:
+    """match_float32_errors summed over inputs 0 .. seeds - 1 (one input alone scatters: both sides round float32
+    logits, differently): {name: (kernel's error, PyTorch's)}. kw: kernel, device."""
+    total = {}
+    for seed in range(seeds):
+        for name, (err, err_torch) in match_float32_errors(shape, tau, window, seed, **kw).items():
+            k, t = total.get(name, (0.0, 0.0))
+            total[name] = (k + err, t + err_torch)
+    return total
+
+
 @pytest.mark.parametrize("window", [-1, 1])
 def test_fused_match_backward_float32_error(window):
     """float32 gradients over a long row (Nt = 259, tau = 0.07) within twice the error of PyTorch's float32 autograd
@@ -219,12 +233,7 @@ def test_fused_match_float32_small_tau(window, tau):
     between the forward's and the backward's probabilities (the gradients were 10-70x PyTorch's float32 error).
     Forward and gradients against float64: summed over eight inputs, at most twice PyTorch's float32 error (one input
     alone scatters from 0.3x to about 4x: both are float32 logits, rounded differently)."""
-    total = {}
-    for seed in range(8):
-        for name, (err, err_torch) in match_float32_errors((2, 9, 5, 7, 6, 11), tau, window, seed).items():
-            k, t = total.get(name, (0.0, 0.0))
-            total[name] = (k + err, t + err_torch)
-    for name, (err, err_torch) in total.items():
+    for name, (err, err_torch) in summed_float32_errors(tau, window).items():
         assert err <= 2 * err_torch, f"{name}: error {err:.3g}, PyTorch float32 {err_torch:.3g}"
 
 

@@ -231,13 +231,13 @@ PRECISION_TAUS = (0.05, 0.01, 0.004)
 
 def _run_precision() -> dict:
     """fused_match's float32 error over PyTorch's float32 error at small temperatures, summed over eight inputs
-    per (tau, window) (tests/test_ops.py match_float32_errors; benchmarks/fused_match_precision.py --triton)."""
+    per (tau, window) (tests/test_ops.py summed_float32_errors; benchmarks/fused_match_precision.py --triton)."""
     import torch
 
     import scc_kernels  # noqa: F401  (registers torch.ops.scc)
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from test_ops import match_float32_errors
+    from test_ops import summed_float32_errors
 
     def kernel(a, b, tau, window):
         return torch.ops.scc.fused_match_triton(a, b, tau, window)[:3]
@@ -245,12 +245,7 @@ def _run_precision() -> dict:
     out = {}
     for tau in PRECISION_TAUS:
         for window in (-1, 1, 2):
-            total = {}
-            for seed in range(8):
-                for name, (err, err_torch) in match_float32_errors((2, 9, 5, 7, 6, 11), tau, window, seed,
-                                                                   kernel=kernel).items():
-                    k, t = total.get(name, (0.0, 0.0))
-                    total[name] = (k + err, t + err_torch)
+            total = summed_float32_errors(tau, window, kernel=kernel)
             out[f"tau{tau} window{window}"] = {name: k / t for name, (k, t) in total.items()}
     return out
 

@@ -468,15 +468,15 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     common = (ns, nt, c, wt, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1), LOG2E / tau)
     radius = min(max(window, 0), max(ht, wt))  # the same cells: the window covers the grid from any argmax
 
-    flow = new_output((b, ns, 2), torch.float32, dev)
+    dflow = new_output((b, ns, 2), torch.float32, dev)  # flow_i - x_j*_i: offsets from the argmax cell
     S = new_output((b, ns), torch.float32, dev)
     conf = new_output((b, ns), torch.float32, dev)
     Z = new_output((b, ns), torch.float32, dev)
     scfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     wrap_triton(_row_stats_kernel)[(cdiv(ns, scfg["BLOCK_M"]), b)](
-        fs3, ft3, na, nb, arg, lse, flow, S, conf, Z, *common, EPS, radius, WINDOWED=windowed, **scfg,
+        fs3, ft3, na, nb, arg, lse, dflow, S, conf, Z, *common, EPS, radius, WINDOWED=windowed, **scfg,
     )
-    gflow = torch.zeros_like(flow) if grad_flow is None else grad_flow.reshape(b, ns, 2).float()
+    gflow = torch.zeros_like(dflow) if grad_flow is None else grad_flow.reshape(b, ns, 2).float()
     gconf = torch.zeros_like(S) if grad_conf is None else grad_conf.reshape(b, ns).float()
     # The kernels' P_ij = exp(l_ij - lse_i) sum to Z_i, not 1. The flow term only sees P_ij / S_i, in which Z_i
     # cancels; the conf term gconf_i P_ij ([j = j*_i] - conf_i) needs P / Z: with conf_i near 1 (small tau),
@@ -486,8 +486,8 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     # P_ij (x_j - flow_i) over W_i to 0.
     u = gflow / S[..., None]
     gconf = gconf / Z
-    # flow holds flow_i - x_j*_i (the row-statistics kernel's offsets from the argmax cell): v_i = u_i . that
-    coef = torch.stack([na, lse * LOG2E, u[..., 0], u[..., 1], (u * flow).sum(-1), gconf, gconf * (conf / Z)],
+    # v_i = u_i . (flow_i - x_j*_i)
+    coef = torch.stack([na, lse * LOG2E, u[..., 0], u[..., 1], (u * dflow).sum(-1), gconf, gconf * (conf / Z)],
                        dim=1).contiguous()
 
     grad_fs = new_output(fs3.shape, fs3.dtype, dev)  # row-padded like fs3 / ft3
