@@ -4,6 +4,8 @@ the H100 roofline floors (about 800 TFLOP/s bf16 dense, 3.0 TB/s measured copy b
 
 Run by benchmarks/gpu_check.sh on a GPU machine: `python benchmarks/bench_gpu.py --out DIR`.
 Times are triton.testing.do_bench medians (synchronised, ms). Writes DIR/gpu_bench.json and .md.
+Each scc call timed is also profiled once more (torch.profiler, device activity only): its time split by
+GPU kernel, so the next change goes to the kernel that costs the time (the "kernels" table).
 """
 
 from __future__ import annotations
@@ -28,10 +30,35 @@ from test_cpu_kernels import ncnet_conv4d  # noqa: E402
 PEAK_TFLOPS = 800.0
 PEAK_GBS = 3000.0
 ROWS: list[dict] = []
+KERNELS: list[dict] = []
 
 
 def bench(fn) -> float:
     return do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def kernel_name(name: str) -> str:
+    """`void scc::cuda::(anonymous namespace)::box_kernel<float>(float const*, ...)` -> `box_kernel<float>`."""
+    name = name.replace("(anonymous namespace)::", "").removeprefix("void ")
+    return name.split("(")[0].removeprefix("scc::cuda::").strip()[:90]
+
+
+def kernel_split(op, case, fn, iters=5):
+    """Device time of one call of fn split by GPU kernel (mean over iters calls), into KERNELS."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    spans = [(e.key, e.count / iters, e.self_device_time_total / iters / 1e3) for e in prof.key_averages()
+             if e.self_device_time_total > 0]
+    total = sum(ms for _, _, ms in spans)
+    for name, count, ms in sorted(spans, key=lambda t: -t[2]):
+        row = dict(op=op, case=case, kernel=kernel_name(name), launches=round(count, 2), ms=round(ms, 4),
+                   pct=round(100 * ms / total, 1))
+        KERNELS.append(row)
+        print(json.dumps(row), flush=True)
 
 
 def peak_mem(fn) -> float:
@@ -59,6 +86,15 @@ def record(op, case, impl, ms, flops=None, nbytes=None, mem_mib=None, note=""):
     print(json.dumps(row), flush=True)
 
 
+def record_scc(op, case, fn, flops=None, nbytes=None, mem_mib=None):
+    """record() of an scc call, then its split by kernel (a profiler failure loses only the split)."""
+    record(op, case, "scc", bench(fn), flops, nbytes, mem_mib)
+    try:
+        kernel_split(op, case, fn)
+    except Exception as exc:
+        print(f"!! kernel split of {op} {case}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+
+
 def safe(fn, *a, **k):
     try:
         return fn(*a, **k)
@@ -77,7 +113,7 @@ def correlation_cases(dev, compile_ref):
             case = f"B8 C{c} {h}x{h} bf16"
             flops = 2 * b * n * n * c
             nbytes = 2 * (b * c * 2 * n + b * n * n)
-            record("correlation", case, "scc", bench(lambda: K.correlation(fs, ft)), flops, nbytes)
+            record_scc("correlation", case, lambda: K.correlation(fs, ft), flops, nbytes)
             # the launch path scc did not pick here, to place SMALL_PROBLEM (B Ns Nt <= 2^24: norms in the
             # K-loop, one launch; above: the norm kernel, then the GEMM) from measurements
             small = b * n * n <= TC.SMALL_PROBLEM
@@ -127,8 +163,8 @@ def fused_match_cases(dev):
         ft = torch.randn(b, c, h, h, device=dev, dtype=torch.bfloat16)
         case = f"B8 C256 {h}x{h} bf16 window2"
         flops = 2 * b * (h * h) ** 2 * c
-        ms = bench(lambda: K.fused_match(fs, ft, 0.05, 2))
-        record("fused_match", case, "scc", ms, flops, mem_mib=peak_mem(lambda: K.fused_match(fs, ft, 0.05, 2)))
+        record_scc("fused_match", case, lambda: K.fused_match(fs, ft, 0.05, 2), flops,
+                   mem_mib=peak_mem(lambda: K.fused_match(fs, ft, 0.05, 2)))
         if h <= 64:
             ms = bench(lambda: R.fused_match(fs, ft, 0.05, 2))
             record("fused_match", case, "reference", ms, flops, mem_mib=peak_mem(lambda: R.fused_match(fs, ft, 0.05, 2)))
@@ -147,7 +183,7 @@ def fused_match_cases(dev):
                 flow, conf, _ = R.fused_match(fsg, ftg, 0.05, 2)
                 torch.autograd.grad((flow.sum() + conf.sum()), (fsg, ftg))
 
-            record("fused_match fwd+bwd", case, "scc", bench(fwd_bwd_scc), mem_mib=peak_mem(fwd_bwd_scc))
+            record_scc("fused_match fwd+bwd", case, fwd_bwd_scc, mem_mib=peak_mem(fwd_bwd_scc))
             record("fused_match fwd+bwd", case, "reference", bench(fwd_bwd_ref), mem_mib=peak_mem(fwd_bwd_ref))
 
 
@@ -160,7 +196,7 @@ def conv4d_cases(dev):
         case = f"B4 {cin}->{cout} 32^4 k3 fp32"
         flops = 2 * b * s**4 * cin * cout * 81
         nbytes = 4 * b * s**4 * (cin + cout)
-        record("conv4d", case, "scc", bench(lambda: K.conv4d(x, w, bias)), flops, nbytes)
+        record_scc("conv4d", case, lambda: K.conv4d(x, w, bias), flops, nbytes)
         record("conv4d", case, "ncnet-conv3d-loop", bench(lambda: ncnet_conv4d(x, w, bias)), flops, nbytes)
 
 
@@ -173,18 +209,18 @@ def volume_cases(dev):
     ms, mt = torch.rand(b, h, h, device=dev), torch.rand(b, h, h, device=dev)
     vol = 4 * b * n * n
     case = "B8 64x64 fp32"
-    record("mutual_nn", case, "scc", bench(lambda: K.mutual_nn(corr)), nbytes=2 * vol)
+    record_scc("mutual_nn", case, lambda: K.mutual_nn(corr), nbytes=2 * vol)
     record("mutual_nn", case, "reference", bench(lambda: R.mutual_nn(corr)), nbytes=2 * vol)
     z = torch.tensor(0.0, device=dev)
-    record("calibrate", case, "scc", bench(lambda: K.calibrate(corr, g, 1.0, 0.05, z)), nbytes=3 * vol)
+    record_scc("calibrate", case, lambda: K.calibrate(corr, g, 1.0, 0.05, z), nbytes=3 * vol)
     record("calibrate", case, "reference", bench(lambda: R.calibrate(corr, g, 1.0, 0.05, z)), nbytes=3 * vol)
     for mode, r, s in (("local", 2, 1.0), ("local", 1, 0.5), ("global", 0, 1.0)):
         c = f"{case} {mode} r{r} sigma{s}"
-        record("masked_vote", c, "scc", bench(lambda: K.masked_vote(corr, ms, mt, mode, r, s)), nbytes=2 * vol)
+        record_scc("masked_vote", c, lambda: K.masked_vote(corr, ms, mt, mode, r, s), nbytes=2 * vol)
         if (mode, r) != ("local", 2):  # the literal 625-shift reference is too slow at this size
             record("masked_vote", c, "reference", bench(lambda: R.masked_vote(corr, ms, mt, mode, r, s)), nbytes=2 * vol)
     P = torch.softmax(corr.view(b, n, n) / 0.05, dim=2)
-    record("soft_argmax", case + " window2", "scc", bench(lambda: K.soft_argmax(P, h, h, 2)), nbytes=vol)
+    record_scc("soft_argmax", case + " window2", lambda: K.soft_argmax(P, h, h, 2), nbytes=vol)
     record("soft_argmax", case + " window2", "reference", bench(lambda: R.soft_argmax(P, h, h, 2)), nbytes=vol)
 
 
@@ -192,7 +228,7 @@ def write(out):
     os.makedirs(out, exist_ok=True)
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
     with open(os.path.join(out, "gpu_bench.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=ROWS), f, indent=1)
+        json.dump(dict(meta=meta, rows=ROWS, kernels=KERNELS), f, indent=1)
     lines = [f"# GPU benchmark: {meta['device']}, torch {meta['torch']}, {meta['date']}", "",
              "| op | case | impl | ms | TFLOP/s | % peak | GB/s | % 3.0 TB/s | peak MiB | scc speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -203,6 +239,9 @@ def write(out):
         lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | {r['ms']} | {r.get('tflops', '')} | "
                      f"{r.get('pct_peak_flops', '')} | {r.get('gbs', '')} | {r.get('pct_peak_bw', '')} | "
                      f"{r.get('peak_mem_mib', '')} | {ratio} |")
+    lines += ["", "Device time of one scc call by kernel (torch.profiler, mean of 5 calls):", "",
+              "| op | case | kernel | launches | ms | % of the call |", "|---|---|---|---|---|---|"]
+    lines += [f"| {k['op']} | {k['case']} | `{k['kernel']}` | {k['launches']} | {k['ms']} | {k['pct']} |" for k in KERNELS]
     with open(os.path.join(out, "gpu_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
