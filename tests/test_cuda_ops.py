@@ -171,11 +171,14 @@ def test_masked_vote(dtype, b, mode, radius, sigma):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("mode", ["local", "global"])
-def test_masked_vote_large_plane(dtype, mode):
+@pytest.mark.parametrize("src,trg", [((2, 3), (56, 60)), ((3, 20), (2, 300))], ids=["56x60", "2x300"])
+def test_masked_vote_large_plane(dtype, mode, src, trg):
     # A 56 x 60 target plane: float32 takes the fused local path (the plane and its blur in 28 KiB of shared
     # memory), float64 the four-pass one (56 KiB would exceed the 48 KiB a block gets without an opt-in).
+    # 3 x 20 -> 2 x 300: the global mode stages each (ix, jx) matrix of a source row and a target row in tiles
+    # of at most 256 columns and 64 x 65 elements, here 2 x 2 tiles (16 + 4 rows, 256 + 44 columns), so its
+    # diagonal sums are carried from tile to tile in both directions.
     g = _gen(8)
-    src, trg = (2, 3), (56, 60)
     corr = torch.rand(2, *src, *trg, generator=g, dtype=torch.float64)
     ms = torch.rand(2, *src, generator=g, dtype=torch.float64)
     mt = torch.rand(2, *trg, generator=g, dtype=torch.float64)

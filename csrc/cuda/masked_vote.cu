@@ -18,6 +18,7 @@
 #include "cuda/utils.cuh"
 #include "ops.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace scc {
@@ -25,6 +26,13 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kHistTile = 64 * 65;  // shared-memory elements of hist_partial_kernel's tile: 64 x 64 and pad
+constexpr int64_t kHistTileCols = 256;  // at most, per tile row
+static_assert(kHistTileCols <= kThreads, "hist_partial_kernel stages a tile row with one thread per column");
+// Loads in flight per thread in the streaming loops: each step issues all of its loads before the first
+// use, where a load -> multiply or divide -> store loop would wait for every load in turn (one in flight per
+// warp: far from the bandwidth; the division's slow-path branch also stops the compiler's own unrolling).
+constexpr int kStage = 8;
 
 struct Dims {
   int64_t batch, hs, ws, ht, wt, r, rho;
@@ -83,14 +91,21 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t bi = blockIdx.x;
   const int tid = threadIdx.x, nth = blockDim.x;
   for (int e = tid; e <= 2 * rho; e += nth) kern[e] = gauss(e - rho, inv_2s2);
-  if constexpr (kWeights) {
-    const acc_t m = static_cast<acc_t>(ms[bi]);
-    const scalar_t* mtb = mt + (bi / d.ns()) * nt;
-    const scalar_t* cb = corr + bi * nt;
-    for (int j = tid; j < nt; j += nth) plane[j] = static_cast<acc_t>(cb[j]) * m * static_cast<acc_t>(mtb[j]);
-  } else {
-    const acc_t* ib = in + bi * nt;
-    for (int j = tid; j < nt; j += nth) plane[j] = ib[j];
+  const acc_t m = kWeights ? static_cast<acc_t>(ms[bi]) : acc_t(1);
+  const scalar_t* mtb = kWeights ? mt + (bi / d.ns()) * nt : nullptr;
+  for (int j0 = tid; j0 < nt; j0 += kStage * nth) {
+    acc_t v[kStage];
+#pragma unroll
+    for (int u = 0; u < kStage; ++u) {
+      const int j = j0 + u * nth;
+      v[u] = j < nt ? (kWeights ? static_cast<acc_t>(corr[bi * nt + j]) : in[bi * nt + j]) : acc_t(0);
+    }
+#pragma unroll
+    for (int u = 0; u < kStage; ++u) {
+      const int j = j0 + u * nth;
+      if (j >= nt) break;
+      plane[j] = kWeights ? v[u] * m * static_cast<acc_t>(mtb[j]) : v[u];
+    }
   }
   __syncthreads();
   blur_1d<true>(plane, wt, wt, ht, wx, r, rho, kern, ux);
@@ -202,31 +217,67 @@ __global__ void box_y_kernel(const acc_t* __restrict__ v, Dims d, acc_t* __restr
 // ---- global operator ------------------------------------------------------------------------
 
 // Partial histograms by source row: P[(b, iy), jy, c] = sum_ix w[(b, iy, ix), jy, c - (ws - 1) + ix] for
-// the offset (jy - iy, c - (ws - 1)); a block per (b, iy). Every element of w is read once; all lanes step
-// through the same source cell ix together, so consecutive c read consecutive jx (coalesced), lanes whose
-// jx falls outside the row idling. w = corr ms mt (kWeights) or in.
+// the offset (jy - iy, c - (ws - 1)); a block per (b, iy). For each target row jy, P[jy, :] are the diagonal
+// sums of the (ws x wt) matrix M[ix, jx] = w[(b, iy, ix), (jy, jx)]. M is staged in shared memory in tiles
+// (rows of ix contiguous along jx: coalesced loads with every lane busy, unrolled so that each thread has
+// several in flight; GPU run 3 had a lane per offset, half the lanes idle and one load in flight per warp:
+// 31% of bandwidth for the whole op), then thread q sums diagonal q of the tile in increasing ix, carrying
+// each diagonal's sum from tile to tile through P itself: every sum is still taken in increasing ix, one
+// term at a time (deterministic, the same order as before). Tiles: tile_rows x tile_cols of M, row stride
+// tile_cols + 1 (the diagonals' reads fall in different banks). w = corr ms mt (kWeights) or in.
 template <typename scalar_t, typename acc_t, bool kWeights>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)  // 4 blocks per SM: one wave at B = 8, hs = 64 on an H100
     hist_partial_kernel(const scalar_t* __restrict__ corr, const scalar_t* __restrict__ ms,
-                        const scalar_t* __restrict__ mt, const acc_t* __restrict__ in, Dims d,
-                        acc_t* __restrict__ part) {
+                        const scalar_t* __restrict__ mt, const acc_t* __restrict__ in, Dims d, int tile_rows,
+                        int tile_cols, acc_t* __restrict__ part) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* m = reinterpret_cast<acc_t*>(smem_raw);  // tile_rows x (tile_cols + 1)
+  const int stride = tile_cols + 1, tid = threadIdx.x, nth = blockDim.x;
   const int64_t hw = d.ws + d.wt - 1, nt = d.nt();
   const int64_t row = blockIdx.x, b = row / d.hs, iy = row - b * d.hs;
-  for (int64_t k = threadIdx.x; k < d.ht * hw; k += blockDim.x) {
-    const int64_t jy = k / hw, c = k - jy * hw, ox = c - (d.ws - 1);
-    // element (i = (iy, ix), j = (jy, ix + ox)) is at e0 + ix (Nt + 1)
-    const int64_t e0 = (b * d.ns() + iy * d.ws) * nt + jy * d.wt + ox, m0 = (b * d.ht + jy) * d.wt + ox;
-    acc_t s = 0;
-    for (int64_t ix = 0; ix < d.ws; ++ix) {  // the same ix in every lane (see above)
-      if (ix + ox < 0 || ix + ox >= d.wt) continue;
-      if constexpr (kWeights) {
-        s += static_cast<acc_t>(corr[e0 + ix * (nt + 1)]) * static_cast<acc_t>(ms[b * d.ns() + iy * d.ws + ix]) *
-             static_cast<acc_t>(mt[m0 + ix]);
-      } else {
-        s += in[e0 + ix * (nt + 1)];
+  const int64_t cell0 = b * d.ns() + iy * d.ws;  // source cell (b, iy, 0)
+  for (int64_t jy = 0; jy < d.ht; ++jy) {
+    acc_t* p = part + (row * d.ht + jy) * hw;
+    for (int64_t i0 = 0; i0 < d.ws; i0 += tile_rows) {
+      const int rows = static_cast<int>(min(static_cast<int64_t>(tile_rows), d.ws - i0));
+      for (int64_t j0 = 0; j0 < d.wt; j0 += tile_cols) {
+        const int cols = static_cast<int>(min(static_cast<int64_t>(tile_cols), d.wt - j0));
+        __syncthreads();  // the previous tile's sums are done with m (and P's carried sums are written)
+        // thread (rt, cc) stages column cc of rows rt, rt + rstep, ... (cols <= threads; the rest idle)
+        const int rstep = nth / cols, rt = tid / cols, cc = tid - rt * cols;
+        if (rt < rstep) {
+          const int64_t col = jy * d.wt + j0 + cc;  // of the target plane
+          const acc_t mtv = kWeights ? static_cast<acc_t>(mt[b * nt + col]) : acc_t(1);
+          for (int r0 = rt; r0 < rows; r0 += kStage * rstep) {
+            acc_t v[kStage];  // all of this step's loads are issued before the first store
+#pragma unroll
+            for (int u = 0; u < kStage; ++u) {
+              const int64_t e = (cell0 + i0 + r0 + u * rstep) * nt + col;
+              v[u] = r0 + u * rstep < rows ? (kWeights ? static_cast<acc_t>(corr[e]) : in[e]) : acc_t(0);
+            }
+#pragma unroll
+            for (int u = 0; u < kStage; ++u) {
+              const int r = r0 + u * rstep;
+              if (r >= rows) break;
+              m[r * stride + cc] = kWeights ? v[u] * static_cast<acc_t>(ms[cell0 + i0 + r]) * mtv : v[u];
+            }
+          }
+        }
+        __syncthreads();
+        // diagonal q of the tile: jx - ix = j0 - i0 + ox, ox = cols - 1 - q
+        for (int q = tid; q < rows + cols - 1; q += nth) {
+          const int ox = cols - 1 - q;                                // tile-relative jx - ix
+          const int r0 = max(0, -ox), r1 = min(rows, cols - ox);      // tile rows on the diagonal
+          const int64_t oxg = j0 - i0 + ox, c = oxg + d.ws - 1;
+          // the tile that holds a diagonal's first term (smallest ix) starts its sum: no zeroing pass, and
+          // no read of P when M fits one tile
+          acc_t s = i0 + r0 == max(int64_t(0), -oxg) ? acc_t(0) : p[c];
+#pragma unroll 8
+          for (int r = r0; r < r1; ++r) s += m[r * stride + r + ox];
+          p[c] = s;
+        }
       }
     }
-    part[row * d.ht * hw + k] = s;
   }
 }
 
@@ -272,10 +323,18 @@ __global__ void gather_kernel(const acc_t* __restrict__ vb, const MaxIdx<acc_t>*
   SCC_ROW_PROLOGUE(d.batch * d.ns())
   const int64_t b = row / d.ns(), i = row - b * d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
   const acc_t den = peak != nullptr ? peak[b].v + eps : acc_t(1);
-  for (int64_t jy = 0; jy < d.ht; ++jy) {  // rows of the target plane: no division per element
-    const acc_t* v = vb + (b * hh + jy - iy + d.hs - 1) * hw - ix + d.ws - 1;
-    out_t* o = out + row * d.nt() + jy * d.wt;
-    for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) o[jx] = static_cast<out_t>(v[jx] / den);
+  // rows of the target plane (no index division per element), kStage rows per step
+  const acc_t* v0 = vb + (b * hh - iy + d.hs - 1) * hw - ix + d.ws - 1;  // Vb at x_j - x_i for j = (0, 0)
+  out_t* o = out + row * d.nt();
+  for (int64_t jy0 = 0; jy0 < d.ht; jy0 += kStage) {
+    for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) {
+      acc_t v[kStage];
+#pragma unroll
+      for (int u = 0; u < kStage; ++u) v[u] = jy0 + u < d.ht ? v0[(jy0 + u) * hw + jx] : acc_t(0);
+#pragma unroll
+      for (int u = 0; u < kStage; ++u)
+        if (jy0 + u < d.ht) o[(jy0 + u) * d.wt + jx] = static_cast<out_t>(v[u] / den);
+    }
   }
 }
 
@@ -350,7 +409,16 @@ __global__ void normalize_kernel(const acc_t* __restrict__ h, const MaxIdx<acc_t
                                  int64_t rows, int64_t ns, int64_t nt, acc_t eps, scalar_t* __restrict__ out) {
   SCC_ROW_PROLOGUE(rows)
   const acc_t den = peak[row / ns].v + eps;
-  for (int64_t j = threadIdx.x; j < nt; j += kWarp) out[row * nt + j] = static_cast<scalar_t>(h[row * nt + j] / den);
+  const acc_t* hr = h + row * nt;
+  scalar_t* o = out + row * nt;
+  for (int64_t j0 = threadIdx.x; j0 < nt; j0 += kStage * kWarp) {
+    acc_t v[kStage];
+#pragma unroll
+    for (int u = 0; u < kStage; ++u) v[u] = j0 + u * kWarp < nt ? hr[j0 + u * kWarp] : acc_t(0);
+#pragma unroll
+    for (int u = 0; u < kStage; ++u)
+      if (j0 + u * kWarp < nt) o[j0 + u * kWarp] = static_cast<scalar_t>(v[u] / den);
+  }
 }
 
 // grad_h = G / (m + eps) - [n = argmax] sum(G h) / (m + eps)^2.
@@ -458,12 +526,16 @@ at::Tensor blurred_hist(const scalar_t* corr, const scalar_t* ms, const scalar_t
   const acc_t inv_2s2 = static_cast<acc_t>(1.0 / (2.0 * sigma * sigma));
   const int64_t hh = d.hs + d.ht - 1, hw = d.ws + d.wt - 1;
   at::Tensor part = acc_empty<acc_t>(d.batch * d.hs * d.ht * hw, like);
+  // tiles of M: whole rows up to kHistTileCols, as many rows (with their pad) as fit kHistTile elements
+  const int cols = static_cast<int>(std::min<int64_t>(d.wt, kHistTileCols));
+  const int rows = static_cast<int>(std::clamp<int64_t>(kHistTile / (cols + 1), 1, d.ws));
+  const size_t smem = sizeof(acc_t) * rows * (cols + 1);
   if (in == nullptr) {
-    hist_partial_kernel<scalar_t, acc_t, true><<<d.batch * d.hs, kThreads, 0, stream>>>(
-        corr, ms, mt, nullptr, d, part.mutable_data_ptr<acc_t>());
+    hist_partial_kernel<scalar_t, acc_t, true><<<d.batch * d.hs, kThreads, smem, stream>>>(
+        corr, ms, mt, nullptr, d, rows, cols, part.mutable_data_ptr<acc_t>());
   } else {
-    hist_partial_kernel<scalar_t, acc_t, false><<<d.batch * d.hs, kThreads, 0, stream>>>(
-        nullptr, nullptr, nullptr, in->const_data_ptr<acc_t>(), d, part.mutable_data_ptr<acc_t>());
+    hist_partial_kernel<scalar_t, acc_t, false><<<d.batch * d.hs, kThreads, smem, stream>>>(
+        nullptr, nullptr, nullptr, in->const_data_ptr<acc_t>(), d, rows, cols, part.mutable_data_ptr<acc_t>());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor hist = acc_empty<acc_t>(d.batch * hh * hw, like);
