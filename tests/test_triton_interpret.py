@@ -327,10 +327,11 @@ def test_fused_match_float32_small_tau_interpret():
     tau = 0.01. With a window at tau = 0.05, no more than PyTorch's own error (as the CPU kernel): the window's
     flow sums were taken in grid coordinates, 1.5-1.9x there (2.2-2.5x on the H100, GPU run 3)."""
     res = _interpret("--precision")
-    bad = {case: ratios for case, ratios in res.items() if max(ratios.values()) > 2.0}
+    # not max(...) > 2: max() passes over a NaN
+    bad = {case: ratios for case, ratios in res.items() if not all(r <= 2.0 for r in ratios.values())}
     assert not bad, bad
     windowed = {case: ratios for case, ratios in res.items() if case.startswith("tau0.05 window") and
-                not case.endswith("window-1") and max(ratios.values()) > 1.0}
+                not case.endswith("window-1") and not all(r <= 1.0 for r in ratios.values())}
     assert not windowed, windowed
 
 
