@@ -172,12 +172,14 @@ def test_launch_rewriting():
     src = ("  k<T, 4><<<grid, dim3(a, b), smem, stream>>>(x, f(y, z),\n      w);\n"
            "  if (c) g<<<n, 32>>>();\n"
            "  extern __shared__ unsigned char smem_raw[];\n"
+           "  extern __shared__ __align__(16) unsigned char aligned_raw[];\n"
            "  __shared__ float a[8], b[2][K / 2];  // two arrays\n")
     out = cuda_emu.translate(src)
     assert ('::emu::launch(::emu::dims(grid, "grid"), ::emu::dims(dim3(a, b), "block"), smem, '
             "[&]() { k<T, 4>(x, f(y, z),\n      w); });") in out
     assert 'if (c) ::emu::launch(::emu::dims(n, "grid"), ::emu::dims(32, "block"), 0, [&]() { g(); });' in out
     assert "unsigned char* smem_raw = reinterpret_cast<unsigned char*>(::emu::dynamic_smem());" in out
+    assert "unsigned char* aligned_raw = reinterpret_cast<unsigned char*>(::emu::dynamic_smem());" in out
     assert ("  static char a_emu_site; float(&a)[8] = ::emu::block_shared<float[8]>(&a_emu_site); "
             "static char b_emu_site; float(&b)[2][K / 2] = ::emu::block_shared<float[2][K / 2]>(&b_emu_site);"
             "  // two arrays") in out

@@ -29,12 +29,15 @@ struct Geo {
   int64_t batch, cin, cout, h1, w1, h2, w2;
 };
 
-// a[o][r] += sum_{q3, q4} ws[o, q3, q4] xs[ty + q3, tx kR + r + q4]: one staged (c, q1, q2) slice.
-// Each thread keeps a register window of kR + K - 1 inputs across the q4 taps.
+// a[o][r] += sum_{q3, q4} ws[q3, q4, o] xs[ty + q3, tx kR + r + q4]: one staged (c, q1, q2) slice.
+// Each thread keeps a register window of kR + K - 1 inputs across the q4 taps. The weights of a tap lie
+// contiguous over the channels: read 16 bytes at a time (every lane the same address: a broadcast), four
+// channels per shared-memory load instead of one; one load per channel and tap made the loop bound by
+// shared-memory issue (a load per 4 FMAs) rather than by the FMAs.
 template <typename acc_t, int K, int COB>
 __device__ __forceinline__ void accumulate_slice(const acc_t* __restrict__ xs, const acc_t* __restrict__ ws, int SW,
                                                  int tx, int ty, acc_t (&a)[COB][kR]) {
-  constexpr int KK = K * K;
+  constexpr int V = 16 / sizeof(acc_t);  // channels per vector load
 #pragma unroll
   for (int q3 = 0; q3 < K; ++q3) {
     acc_t xr[kR + K - 1];
@@ -42,26 +45,49 @@ __device__ __forceinline__ void accumulate_slice(const acc_t* __restrict__ xs, c
 #pragma unroll
     for (int t = 0; t < kR + K - 1; ++t) xr[t] = xrow[t];
 #pragma unroll
-    for (int q4 = 0; q4 < K; ++q4)
+    for (int q4 = 0; q4 < K; ++q4) {
+      const acc_t* wt = ws + (q3 * K + q4) * COB;
+      if constexpr (COB % V == 0) {
 #pragma unroll
-      for (int o = 0; o < COB; ++o) {
-        const acc_t wv = ws[o * KK + q3 * K + q4];
+        for (int o0 = 0; o0 < COB; o0 += V) {
+          acc_t wv[V];
+          load_vec<V>(wt + o0, wv);
 #pragma unroll
-        for (int r = 0; r < kR; ++r) a[o][r] += wv * xr[r + q4];
+          for (int u = 0; u < V; ++u)
+#pragma unroll
+            for (int r = 0; r < kR; ++r) a[o0 + u][r] += wv[u] * xr[r + q4];
+        }
+      } else {
+#pragma unroll
+        for (int o = 0; o < COB; ++o)
+#pragma unroll
+          for (int r = 0; r < kR; ++r) a[o][r] += wt[o] * xr[r + q4];
       }
+    }
   }
 }
 
+// sm_80's ptxas keeps the 1- and 4-channel variants at its default register target (32-40) and spills a few
+// loop variables there; a minimum of one block per SM lifts the target. sm_90's default fits without spills
+// and leaves those variants at 32-72 registers (more blocks per SM), so it keeps the default.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define SCC_CONV4D_BOUNDS __launch_bounds__(kFwdThreads, 1)
+#else
+#define SCC_CONV4D_BOUNDS __launch_bounds__(kFwdThreads)
+#endif
+
 template <typename scalar_t, typename acc_t, int K, int COB>
-__global__ void __launch_bounds__(kFwdThreads)
+__global__ void SCC_CONV4D_BOUNDS
     conv4d_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
                   Geo g, int tiles_w, scalar_t* __restrict__ out) {
   constexpr int P = K / 2, KK = K * K;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
   const int SW = TX * kR + K - 1, SH = TY + K - 1;
-  acc_t* xs = reinterpret_cast<acc_t*>(smem_raw);  // SH x SW input tile with halo
-  acc_t* ws = xs + SH * SW;                         // COB x K x K weights of the current (c, q1, q2)
+  // first the K x K x COB weights of the current (c, q1, q2), tap-major (read as 16-byte vectors: the base
+  // is aligned), then the SH x SW input tile with halo
+  acc_t* ws = reinterpret_cast<acc_t*>(smem_raw);
+  acc_t* xs = ws + COB * KK;
 
   const int64_t pos = blockIdx.x;
   const int64_t p2 = pos % g.w1, p1 = (pos / g.w1) % g.h1, b = pos / (g.w1 * g.h1);
@@ -86,13 +112,19 @@ __global__ void __launch_bounds__(kFwdThreads)
         if (i2 < 0 || i2 >= g.w1) continue;
         const scalar_t* xp = x + (((b * g.cin + c) * g.h1 + i1) * g.w1 + i2) * plane;
         __syncthreads();  // the previous iteration is done with xs / ws
-        for (int k = tid; k < SH * SW; k += nthreads) {
-          const int64_t y = row0 + k / SW - P, xx = col0 + k % SW - P;
-          xs[k] = (y >= 0 && y < g.h2 && xx >= 0 && xx < g.w2) ? static_cast<acc_t>(xp[y * g.w2 + xx]) : acc_t(0);
+        // the tile by rows, thread (tx, ty) at column steps of TX: no index division per element
+        for (int yy = ty; yy < SH; yy += TY) {
+          const int64_t y = row0 + yy - P;
+          const bool row_in = y >= 0 && y < g.h2;
+          for (int xx = tx; xx < SW; xx += TX) {
+            const int64_t col = col0 + xx - P;
+            xs[yy * SW + xx] = row_in && col >= 0 && col < g.w2 ? static_cast<acc_t>(xp[y * g.w2 + col]) : acc_t(0);
+          }
         }
         for (int k = tid; k < COB * KK; k += nthreads) {
-          const int64_t o = o0 + k / KK;
-          ws[k] = o < g.cout ? static_cast<acc_t>(w[((o * g.cin + c) * KK + q1 * K + q2) * KK + k % KK]) : acc_t(0);
+          const int64_t o = o0 + k % COB;
+          const int tap = k / COB;
+          ws[k] = o < g.cout ? static_cast<acc_t>(w[((o * g.cin + c) * KK + q1 * K + q2) * KK + tap]) : acc_t(0);
         }
         __syncthreads();
         // fp32 with few channels per block sums in two levels: the K x K products of this slice go
@@ -139,7 +171,7 @@ __global__ void __launch_bounds__(kGradWThreads, 1)
                               int TW, int64_t rows_per_chunk, acc_t* __restrict__ part) {
   constexpr int P = K / 2, KK = K * K;
   constexpr int kGroups = kGradWThreads / KK;  // thread groups splitting the positions of a tile
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   const int npos = TH * TW, SW = TW + K - 1, SH = TH + K - 1;
   acc_t* gs = reinterpret_cast<acc_t*>(smem_raw);                 // [max(npos, threads)][COB] grad tile
   acc_t* xs = gs + static_cast<int64_t>(max(npos, kGradWThreads)) * COB;  // SH x SW input tile with halo

@@ -84,7 +84,8 @@ def rewrite_launches(src: str) -> str:
     return "".join(out)
 
 
-_EXTERN_SMEM = re.compile(r"extern\s+__shared__\s+([\w:<> ]+?)\s+(\w+)\s*\[\s*\]\s*;")
+# (an __align__(N) of up to 64 bytes holds: the emulator's dynamic shared memory is 64-byte aligned)
+_EXTERN_SMEM = re.compile(r"extern\s+__shared__\s+(?:__align__\((?:16|32|64)\)\s+)?([\w:<> ]+?)\s+(\w+)\s*\[\s*\]\s*;")
 _STATIC_SMEM = re.compile(r"(?m)^(\s*)__shared__\s+([\w:<>]+)\s+([^;]+);")  # a declaration statement
 _ARRAY = re.compile(r"(\w+)\s*((?:\[[^\]]+\])+)")
 
