@@ -224,7 +224,8 @@ __global__ void box_y_kernel(const acc_t* __restrict__ v, Dims d, acc_t* __restr
 // 31% of bandwidth for the whole op), then thread q sums diagonal q of the tile in increasing ix, carrying
 // each diagonal's sum from tile to tile through P itself: every sum is still taken in increasing ix, one
 // term at a time (deterministic, the same order as before). Tiles: tile_rows x tile_cols of M, row stride
-// tile_cols + 1 (the diagonals' reads fall in different banks). w = corr ms mt (kWeights) or in.
+// tile_cols + 1 (an odd stride when the tile width is even, as at 64: the diagonals' reads fall in different
+// banks). w = corr ms mt (kWeights) or in.
 template <typename scalar_t, typename acc_t, bool kWeights>
 __global__ void __launch_bounds__(kThreads, 4)  // 4 blocks per SM: one wave at B = 8, hs = 64 on an H100
     hist_partial_kernel(const scalar_t* __restrict__ corr, const scalar_t* __restrict__ ms,
