@@ -29,10 +29,7 @@ constexpr int kThreads = 256;
 constexpr int64_t kHistTile = 64 * 65;  // shared-memory elements of hist_partial_kernel's tile: 64 x 64 and pad
 constexpr int64_t kHistTileCols = 256;  // at most, per tile row
 static_assert(kHistTileCols <= kThreads, "hist_partial_kernel stages a tile row with one thread per column");
-// Loads in flight per thread in the streaming loops: each step issues all of its loads before the first
-// use, where a load -> multiply or divide -> store loop would wait for every load in turn (one in flight per
-// warp: far from the bandwidth; the division's slow-path branch also stops the compiler's own unrolling).
-constexpr int kStage = 8;
+constexpr int kStage = 8;  // loads in flight per thread in the streaming loops (staged_loop, utils.cuh)
 
 struct Dims {
   int64_t batch, hs, ws, ht, wt, r, rho;
@@ -93,20 +90,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int e = tid; e <= 2 * rho; e += nth) kern[e] = gauss(e - rho, inv_2s2);
   const acc_t m = kWeights ? static_cast<acc_t>(ms[bi]) : acc_t(1);
   const scalar_t* mtb = kWeights ? mt + (bi / d.ns()) * nt : nullptr;
-  for (int j0 = tid; j0 < nt; j0 += kStage * nth) {
-    acc_t v[kStage];
-#pragma unroll
-    for (int u = 0; u < kStage; ++u) {
-      const int j = j0 + u * nth;
-      v[u] = j < nt ? (kWeights ? static_cast<acc_t>(corr[bi * nt + j]) : in[bi * nt + j]) : acc_t(0);
-    }
-#pragma unroll
-    for (int u = 0; u < kStage; ++u) {
-      const int j = j0 + u * nth;
-      if (j >= nt) break;
-      plane[j] = kWeights ? v[u] * m * static_cast<acc_t>(mtb[j]) : v[u];
-    }
-  }
+  staged_loop<kStage, acc_t>(
+      tid, nt, nth, [&](int j) { return kWeights ? static_cast<acc_t>(corr[bi * nt + j]) : in[bi * nt + j]; },
+      [&](int j, acc_t v) { plane[j] = kWeights ? v * m * static_cast<acc_t>(mtb[j]) : v; });
   __syncthreads();
   blur_1d<true>(plane, wt, wt, ht, wx, r, rho, kern, ux);
   __syncthreads();
@@ -227,7 +213,8 @@ __global__ void box_y_kernel(const acc_t* __restrict__ v, Dims d, acc_t* __restr
 // tile_cols + 1 (an odd stride when the tile width is even, as at 64: the diagonals' reads fall in different
 // banks). w = corr ms mt (kWeights) or in.
 template <typename scalar_t, typename acc_t, bool kWeights>
-__global__ void __launch_bounds__(kThreads, 4)  // 4 blocks per SM: one wave at B = 8, hs = 64 on an H100
+// 4 blocks per SM (fp32): one wave at B = 8, hs = 64 on an H100; fp64 at 64 registers spilled (as box_kernel)
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t) == 8 ? 2 : 4)
     hist_partial_kernel(const scalar_t* __restrict__ corr, const scalar_t* __restrict__ ms,
                         const scalar_t* __restrict__ mt, const acc_t* __restrict__ in, Dims d, int tile_rows,
                         int tile_cols, acc_t* __restrict__ part) {
@@ -249,20 +236,12 @@ __global__ void __launch_bounds__(kThreads, 4)  // 4 blocks per SM: one wave at 
         if (rt < rstep) {
           const int64_t col = jy * d.wt + j0 + cc;  // of the target plane
           const acc_t mtv = kWeights ? static_cast<acc_t>(mt[b * nt + col]) : acc_t(1);
-          for (int r0 = rt; r0 < rows; r0 += kStage * rstep) {
-            acc_t v[kStage];  // all of this step's loads are issued before the first store
-#pragma unroll
-            for (int u = 0; u < kStage; ++u) {
-              const int64_t e = (cell0 + i0 + r0 + u * rstep) * nt + col;
-              v[u] = r0 + u * rstep < rows ? (kWeights ? static_cast<acc_t>(corr[e]) : in[e]) : acc_t(0);
-            }
-#pragma unroll
-            for (int u = 0; u < kStage; ++u) {
-              const int r = r0 + u * rstep;
-              if (r >= rows) break;
-              m[r * stride + cc] = kWeights ? v[u] * static_cast<acc_t>(ms[cell0 + i0 + r]) * mtv : v[u];
-            }
-          }
+          const int64_t e0 = (cell0 + i0) * nt + col;  // row 0 of the tile, column cc
+          staged_loop<kStage, acc_t>(
+              rt, rows, rstep, [&](int r) { return kWeights ? static_cast<acc_t>(corr[e0 + r * nt]) : in[e0 + r * nt]; },
+              [&](int r, acc_t v) {
+                m[r * stride + cc] = kWeights ? v * static_cast<acc_t>(ms[cell0 + i0 + r]) * mtv : v;
+              });
         }
         __syncthreads();
         // diagonal q of the tile: jx - ix = j0 - i0 + ox, ox = cols - 1 - q
@@ -324,19 +303,13 @@ __global__ void gather_kernel(const acc_t* __restrict__ vb, const MaxIdx<acc_t>*
   SCC_ROW_PROLOGUE(d.batch * d.ns())
   const int64_t b = row / d.ns(), i = row - b * d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
   const acc_t den = peak != nullptr ? peak[b].v + eps : acc_t(1);
-  // rows of the target plane (no index division per element), kStage rows per step
+  // by rows of the target plane (no index division per element)
   const acc_t* v0 = vb + (b * hh - iy + d.hs - 1) * hw - ix + d.ws - 1;  // Vb at x_j - x_i for j = (0, 0)
   out_t* o = out + row * d.nt();
-  for (int64_t jy0 = 0; jy0 < d.ht; jy0 += kStage) {
-    for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp) {
-      acc_t v[kStage];
-#pragma unroll
-      for (int u = 0; u < kStage; ++u) v[u] = jy0 + u < d.ht ? v0[(jy0 + u) * hw + jx] : acc_t(0);
-#pragma unroll
-      for (int u = 0; u < kStage; ++u)
-        if (jy0 + u < d.ht) o[(jy0 + u) * d.wt + jx] = static_cast<out_t>(v[u] / den);
-    }
-  }
+  for (int64_t jx = threadIdx.x; jx < d.wt; jx += kWarp)
+    staged_loop<kStage, acc_t>(
+        int64_t(0), d.ht, int64_t(1), [&](int64_t jy) { return v0[jy * hw + jx]; },
+        [&](int64_t jy, acc_t v) { o[jy * d.wt + jx] = static_cast<out_t>(v / den); });
 }
 
 // The maximum of h_ij = Vb[x_j - x_i] over each batch item and the first flat index i Nt + j attaining it:
@@ -412,14 +385,8 @@ __global__ void normalize_kernel(const acc_t* __restrict__ h, const MaxIdx<acc_t
   const acc_t den = peak[row / ns].v + eps;
   const acc_t* hr = h + row * nt;
   scalar_t* o = out + row * nt;
-  for (int64_t j0 = threadIdx.x; j0 < nt; j0 += kStage * kWarp) {
-    acc_t v[kStage];
-#pragma unroll
-    for (int u = 0; u < kStage; ++u) v[u] = j0 + u * kWarp < nt ? hr[j0 + u * kWarp] : acc_t(0);
-#pragma unroll
-    for (int u = 0; u < kStage; ++u)
-      if (j0 + u * kWarp < nt) o[j0 + u * kWarp] = static_cast<scalar_t>(v[u] / den);
-  }
+  staged_loop<kStage, acc_t>(static_cast<int64_t>(threadIdx.x), nt, int64_t(kWarp), [&](int64_t j) { return hr[j]; },
+                             [&](int64_t j, acc_t v) { o[j] = static_cast<scalar_t>(v / den); });
 }
 
 // grad_h = G / (m + eps) - [n = argmax] sum(G h) / (m + eps)^2.

@@ -95,6 +95,22 @@ __device__ __forceinline__ MaxIdx<T> warp_max_idx(MaxIdx<T> m) {
   return m;
 }
 
+// use(k, load(k)) for k = first, first + step, ... < n, kS indices per step, all of a step's loads issued
+// before the first use: a load -> use loop whose use divides or multiplies waits for every load in turn (one in
+// flight per warp, far from the bandwidth; a division's slow-path branch also stops the compiler's own
+// unrolling). I is the index type (32-bit where the caller's indices are).
+template <int kS, typename T, typename I, typename Load, typename Use>
+__device__ __forceinline__ void staged_loop(I first, I n, I step, Load load, Use use) {
+  for (I k0 = first; k0 < n; k0 += kS * step) {
+    T v[kS];
+#pragma unroll
+    for (int u = 0; u < kS; ++u) v[u] = k0 + u * step < n ? load(k0 + u * step) : T(0);
+#pragma unroll
+    for (int u = 0; u < kS; ++u)
+      if (k0 + u * step < n) use(k0 + u * step, v[u]);
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ T neg_inf() {
   return -std::numeric_limits<T>::infinity();
