@@ -191,6 +191,27 @@ def test_masked_vote_large_plane(dtype, mode, src, trg):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("src,radius", [((3, 37), 2), ((2, 13), 12)], ids=["runs", "r12"])
+def test_masked_vote_local_box_runs(dtype, src, radius):
+    # The local box sum takes runs of 16 source cells along x and a ring of the 2r + 1 latest column sums per
+    # thread. 3 x 37: runs of 16, 16 and 5 cells (each crosses a neighbouring run's planes). r = 12 on a
+    # source row of 13: a single run whose ring of 25 sums every cell reads, in float32; float64's 25 x 256
+    # ring would exceed 48 KiB, so it takes the four-pass path (the ring fits up to r = 11 there).
+    g = _gen(11)
+    trg = (4, 6)
+    corr = torch.rand(2, *src, *trg, generator=g, dtype=torch.float64)
+    ms = torch.rand(2, *src, generator=g, dtype=torch.float64)
+    mt = torch.rand(2, *trg, generator=g, dtype=torch.float64)
+    grad = torch.randn(2, *src, *trg, generator=g, dtype=torch.float64)
+    _compare(
+        lambda c, s, t: ref.masked_vote(c, s, t, "local", radius, 0.8, 1e-6),
+        lambda c, s, t: OPS.masked_vote(c, s, t, "local", radius, 0.8, 1e-6),
+        lambda ins, outs, gos: OPS.masked_vote_backward(gos[0], *ins, "local", radius, 0.8, 1e-6),
+        [corr, ms, mt], [grad], [0, 1, 2], dtype, "cpu", ("masked_vote", "masked_vote_backward"),
+    )
+
+
 @pytest.mark.parametrize("mode", ["local", "global"])
 def test_masked_vote_huge_radius_and_sigma(mode):
     # Clamped before use (csrc/common.h): radius to the source grid, rho = ceil(2 sigma) to the grids' reach.

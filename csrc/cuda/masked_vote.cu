@@ -4,10 +4,12 @@
 //           u_i = K * w_i on the target grid extended by r on every side (j + d may leave the grid while
 //           j + d + e is inside it), then h_ij = sum_d u_(i+d),(j+d). Two kernels: one block per source
 //           cell blurs its target plane in shared memory (x then y pass; the weights w = corr ms mt are
-//           formed on the way in), then one block per source cell sums the (2r+1)^2 neighbouring u planes
-//           (read from L2: neighbouring blocks share them) and reduces its part of the per-batch peak.
-//           Traffic: read corr, write and read u, write h (then normalise: read h, write g). Planes whose
-//           shared-memory stage exceeds 48 KiB take four 1D passes through global memory instead.
+//           formed on the way in), then a block per run of 16 source cells along x sums the neighbouring
+//           u planes along the diagonals (box_kernel: each u element read once per block, from L2) and
+//           reduces its part of the per-batch peak. Traffic: read corr, write and read u, write h (then
+//           normalise: read h, write g). Planes whose shared-memory stage exceeds 48 KiB, and radii whose
+//           ring of column sums would (r > 23 in fp32, r > 11 in fp64), take four 1D passes through global
+//           memory instead.
 //   global: the offset histogram V(o) = sum over (i, i + o) of w: partial histograms per source row (a
 //           block per (b, iy), reading w once and coalesced), summed over rows in a fixed order (no
 //           atomics: deterministic), blurred by K with zero outside; h_ij = Vb(x_j - x_i). Every offset
@@ -30,6 +32,7 @@ constexpr int64_t kHistTile = 64 * 65;  // shared-memory elements of hist_partia
 constexpr int64_t kHistTileCols = 256;  // at most, per tile row
 static_assert(kHistTileCols <= kThreads, "hist_partial_kernel stages a tile row with one thread per column");
 constexpr int kStage = 8;  // loads in flight per thread in the streaming loops (staged_loop, utils.cuh)
+constexpr int kBoxRun = 16;  // source cells along x per box_kernel block
 
 struct Dims {
   int64_t batch, hs, ws, ht, wt, r, rho;
@@ -99,31 +102,73 @@ __global__ void __launch_bounds__(kThreads)
   blur_1d<false>(ux, wx, ht, hx, wx, r, rho, kern, u + bi * hx * wx);
 }
 
+// Shared memory of box_kernel: a ring of the 2r + 1 latest column sums for each thread.
+int64_t box_smem(const Dims& d, size_t elem) { return static_cast<int64_t>(elem) * (2 * d.r + 1) * kThreads; }
+
 // h[(b,i), jy, jx] = sum_{dy,dx in [-r,r]} u[(b, i+d), jy+dy+r, jx+dx+r] over i + d inside the source
-// grid; a block per source cell (b, i), which also writes the maximum of its h plane with the first flat
-// index (i Nt + j) attaining it: part[(b, i)].
+// grid. A block per run of kBoxRun source cells along x, (b, iy, ix0 + t) for t < T. Along a diagonal
+// q = jx - t the term (dy, dx) of cell t reads plane (iy + dy, c = ix0 + t + dx) at column q + c - ix0 + r,
+// the same for every t: the column sums col_c = sum_dy u[(b, iy+dy, c)][jy+dy+r][q + c - ix0 + r] serve
+// the 2r + 1 cells t with |c - ix0 - t| <= r. So a thread walks c once per (jy, q), keeps the latest 2r + 1
+// column sums in a shared-memory ring and emits cell t's h once c has passed its window: each u element
+// is read once per block, (T + 2r)(2r + 1) / T loads per output instead of (2r + 1)^2 (from L2:
+// neighbouring blocks share the planes). Also writes the block's maximum of h with the first flat index
+// (i Nt + j) attaining it: part[block].
 template <typename acc_t>  // fp64 spilled on sm_80 under ptxas's default 64-register goal
 __global__ void __launch_bounds__(kThreads, sizeof(acc_t) == 8 ? 2 : 4)
     box_kernel(const acc_t* __restrict__ u, Dims d, acc_t* __restrict__ h, MaxIdx<acc_t>* __restrict__ part) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* ring = reinterpret_cast<acc_t*>(smem_raw) + threadIdx.x;  // slot k at ring[k * blockDim.x]
   // in-plane indices 32-bit (only planes that fit plane_blur_kernel's shared memory come here)
-  const int wt = static_cast<int>(d.wt), r = static_cast<int>(d.r), nt = static_cast<int>(d.nt());
-  const int wx = wt + 2 * r, plane = (static_cast<int>(d.ht) + 2 * r) * wx;
-  const int64_t bi = blockIdx.x, i = bi % d.ns(), iy = i / d.ws, ix = i - iy * d.ws;
-  const int64_t dy0 = max(-d.r, -iy), dy1 = min(d.r, d.hs - 1 - iy);
-  const int64_t dx0 = max(-d.r, -ix), dx1 = min(d.r, d.ws - 1 - ix);
+  const int ht = static_cast<int>(d.ht), wt = static_cast<int>(d.wt), r = static_cast<int>(d.r);
+  const int ws = static_cast<int>(d.ws), hs = static_cast<int>(d.hs), slots = 2 * r + 1;
+  const int wx = wt + 2 * r, nt = ht * wt;
+  const int64_t plane = static_cast<int64_t>(ht + 2 * r) * wx;
+  const int nruns = (ws + kBoxRun - 1) / kBoxRun;
+  const int64_t row = blockIdx.x / nruns;  // b hs + iy
+  const int iy = static_cast<int>(row % hs), ix0 = static_cast<int>(blockIdx.x % nruns) * kBoxRun;
+  const int T = min(kBoxRun, ws - ix0), nq = wt + T - 1;  // diagonals q = jx - t in [-(T - 1), wt - 1]
+  const int dy0 = max(-r, -iy), dy1 = min(r, hs - 1 - iy);
+  const int c0 = max(0, ix0 - r), c1 = min(ws - 1, ix0 + T - 1 + r);
+  const int64_t i0 = static_cast<int64_t>(iy) * ws + ix0;  // source index of t = 0 within the batch item
+  const int64_t dstep = ws * plane + wx;                      // (dy, row) -> (dy + 1, row + 1)
   MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
-  for (int k = threadIdx.x; k < nt; k += blockDim.x) {
-    const int jy = k / wt, jx = k - jy * wt;
-    acc_t s = 0;
-    for (int64_t dy = dy0; dy <= dy1; ++dy) {
-      const acc_t* row = u + (bi + dy * d.ws) * plane + (jy + dy + r) * wx + jx + r;
-      for (int64_t dx = dx0; dx <= dx1; ++dx) s += row[dx * plane + dx];
+  for (int p = threadIdx.x; p < ht * nq; p += blockDim.x) {
+    const int jy = p / nq, q = p - jy * nq - (T - 1);
+    // plane (b, iy + dy0, c0), row jy + dy0 + r; column added per c
+    const acc_t* base = u + (row * ws + static_cast<int64_t>(dy0) * ws + c0) * plane +
+                        static_cast<int64_t>(jy + dy0 + r) * wx;
+    int head = -1;
+    for (int c = c0; c <= c1; ++c) {
+      const int col = q + c - ix0 + r;
+      acc_t s = 0;
+      if (col >= 0 && col < wx) {  // else only cells whose jx lies outside the grid would read it
+        const acc_t* src = base + static_cast<int64_t>(c - c0) * plane + col;
+        for (int dy = dy0; dy <= dy1; ++dy, src += dstep) s += *src;
+      }
+      head = head + 1 == slots ? 0 : head + 1;
+      ring[head * blockDim.x] = s;
+      // cells whose window [ix0 + t - r, ix0 + t + r] (clipped to the grid) ends at c
+      const int t_hi = c == c1 ? T - 1 : c - r - ix0;
+      for (int t = max(0, c - r - ix0); t <= t_hi; ++t) {
+        const int jx = q + t;
+        if (jx < 0 || jx >= wt) continue;
+        const int first = max(c0, ix0 + t - r);  // sum the window in increasing c
+        int k = head - (c - first);
+        if (k < 0) k += slots;
+        acc_t v = 0;
+        for (int n = first; n <= c; ++n) {
+          v += ring[k * blockDim.x];
+          k = k + 1 == slots ? 0 : k + 1;
+        }
+        const int64_t flat = (i0 + t) * nt + jy * wt + jx;
+        h[(row * ws + ix0 + t) * nt + jy * wt + jx] = v;
+        m = better(m, MaxIdx<acc_t>{v, flat});
+      }
     }
-    h[bi * nt + k] = s;
-    if (s > m.v || m.i == INT64_MAX) m = {s, i * nt + k};
   }
   m = block_max_idx(m);
-  if (threadIdx.x == 0) part[bi] = m;
+  if (threadIdx.x == 0) part[blockIdx.x] = m;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -579,7 +624,7 @@ void vote(const scalar_t* corr, const scalar_t* ms, const scalar_t* mt, const at
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  if (smem <= kMaxSmem) {
+  if (smem <= kMaxSmem && box_smem(d, sizeof(acc_t)) <= kMaxSmem) {
     at::Tensor u = acc_empty<acc_t>(rows * (d.ht + 2 * d.r) * (d.wt + 2 * d.r), like);
     acc_t* up = u.mutable_data_ptr<acc_t>();
     if (in == nullptr) {
@@ -589,14 +634,16 @@ void vote(const scalar_t* corr, const scalar_t* ms, const scalar_t* mt, const at
           nullptr, nullptr, nullptr, in->const_data_ptr<acc_t>(), d, inv_2s2, up);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    at::Tensor part = at::empty({rows * rec}, like.options().dtype(at::kByte));
+    const int64_t parts = d.hs * ceil_div(d.ws, kBoxRun);  // box_kernel blocks per batch item
+    at::Tensor part = at::empty({d.batch * parts * rec}, like.options().dtype(at::kByte));
     auto* pp = reinterpret_cast<MaxIdx<acc_t>*>(part.mutable_data_ptr());
-    box_kernel<acc_t><<<rows, kThreads, 0, stream>>>(u.const_data_ptr<acc_t>(), d, h.mutable_data_ptr<acc_t>(), pp);
+    box_kernel<acc_t><<<d.batch * parts, kThreads, box_smem(d, sizeof(acc_t)), stream>>>(
+        u.const_data_ptr<acc_t>(), d, h.mutable_data_ptr<acc_t>(), pp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (peak != nullptr) {
       *peak = at::empty({d.batch * rec}, like.options().dtype(at::kByte));
       max_final_kernel<acc_t><<<d.batch, kThreads, 0, stream>>>(
-          pp, d.ns(), reinterpret_cast<MaxIdx<acc_t>*>(peak->mutable_data_ptr()));
+          pp, parts, reinterpret_cast<MaxIdx<acc_t>*>(peak->mutable_data_ptr()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return;
