@@ -149,6 +149,14 @@ SWEEP = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=g, num_warps=w, num_st
                                       (128, 128, 32, 8, 8, 4))]
 
 
+# the persistent TMA kernel (TC.correlation_fwd_tma, not yet the default): shipped config first
+TMA_SWEEP = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=64, GROUP_M=8, num_warps=w, num_stages=st, SPLIT=split,
+                  FLATTEN=flat)
+             for bm, bn, w, st, split, flat in ((128, 256, 8, 3, True, True), (128, 256, 8, 4, True, True),
+                                                (128, 256, 8, 3, False, True), (128, 256, 8, 3, True, False),
+                                                (128, 128, 8, 4, True, True), (128, 128, 4, 4, False, True))]
+
+
 def correlation_sweep(dev):
     b, c, h = 8, 1024, 64
     n = h * h
@@ -157,6 +165,17 @@ def correlation_sweep(dev):
     flops = 2 * b * n * n * c
     nbytes = 2 * (b * c * 2 * n + b * n * n)
     ref = K.correlation(fs, ft)
+    for cfg in TMA_SWEEP:
+        name = ("scc TMA persistent {BLOCK_M}x{BLOCK_N}x{BLOCK_K} G{GROUP_M} w{num_warps} s{num_stages}"
+                "{split}{flat}").format(**cfg, split=" split" if cfg["SPLIT"] else "",
+                                        flat=" flat" if cfg["FLATTEN"] else "")
+        try:
+            out = TC.correlation_fwd_tma(fs, ft, **cfg)
+            torch.testing.assert_close(out, ref)
+            record("correlation sweep", f"B8 C{c} {h}x{h} bf16", name,
+                   bench(lambda: TC.correlation_fwd_tma(fs, ft, **cfg)), flops, nbytes)
+        except Exception as exc:
+            print(f"!! sweep {name}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
     for cfg in SWEEP:
         name = "scc {BLOCK_M}x{BLOCK_N}x{BLOCK_K} G{GROUP_M} w{num_warps} s{num_stages}".format(**cfg)
         try:
@@ -270,8 +289,8 @@ def main():
                      ("fused_match", lambda: fused_match_cases(dev)),
                      ("conv4d", lambda: conv4d_cases(dev)),
                      ("volume ops", lambda: volume_cases(dev)),
-                     ("correlation sweep", lambda: correlation_sweep(dev)),
-                     ("kernel split", kernel_splits)):
+                     ("kernel split", kernel_splits),
+                     ("correlation sweep", lambda: correlation_sweep(dev))):  # last: the longest, least needed
         t0 = time.time()
         try:
             fn()

@@ -48,6 +48,22 @@ def test_correlation_cuda(shape, dtype, small, monkeypatch):
         assert (k.double() - e).abs().max().item() <= _bound(lo, e, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("num_sms", [3, None], ids=["3-programs", "all-sms"])
+def test_correlation_tma_cuda(dtype, num_sms):
+    # the persistent TMA kernel (benchmarks/bench_gpu.py's sweep candidate) at its shipped 128 x 256 tiles:
+    # 2 x 4 x 2 tiles, several per program with num_sms = 3, C = 150 past the last K step of 64
+    from scc_kernels.triton import correlation as TC
+
+    fs = torch.randn(2, 150, 20, 23, device="cuda").to(dtype)
+    ft = torch.randn(2, 150, 16, 20, device="cuda").to(dtype)
+    cfg = {} if num_sms is None else {"NUM_SMS": num_sms}
+    out = TC.correlation_fwd_tma(fs, ft, **cfg)
+    assert out.dtype == dtype and out.shape == (2, 20, 23, 16, 20)
+    exact = R.correlation(fs.double(), ft.double())
+    assert (out.double() - exact).abs().max().item() <= _bound(R.correlation(fs, ft), exact, dtype)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("window", [-1, 0, 2])

@@ -68,6 +68,10 @@ def _variants():
                 out.append(("corr_fwd", corr._corr_fwd_kernel,
                             {**corr.FWD_CONFIGS[tdt][-1], **flags, "NORMS_IN_LOOP": True}, ptr_types(dt)))
             out.append(("corr_bwd", corr._corr_bwd_kernel, {**corr.BWD_CONFIGS[tdt], **flags}, ptr_types(dt)))
+            if tdt != torch.float32:  # the persistent TMA kernel (16-bit inputs), at an H100's SM count
+                out.append(("corr_fwd_tma", corr._corr_fwd_tma_kernel, {**corr.TMA_CONFIG, **flags, "NUM_SMS": 132},
+                            {**ptr_types(dt), **{k: f"tensordesc<{dt}{v}>".replace(" ", "")
+                                                 for k, v in corr.tma_block_shapes(corr.TMA_CONFIG).items()}}))
         for windowed in (False, True):
             flags = {"WINDOWED": windowed}
             for c in channels(fm.FWD_CONFIGS[tdt]):
@@ -113,6 +117,8 @@ def compile_all(float_type: str = "fp32") -> list[dict]:
         for i, arg in enumerate(kernel.arg_names):
             if arg in constexprs:
                 signature[arg] = "constexpr"
+            elif arg.endswith("_desc"):
+                signature[arg] = ptrs[arg]
             elif arg.endswith("_ptr"):
                 signature[arg] = "*" + ptrs.get(arg, "fp32")
                 attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
@@ -154,14 +160,14 @@ def test_aot_compiles_with_fp64_scalars():
     over as fp64: unless the kernels cast them, their logits became fp64 and fused_match's loop-carried running
     maximum changed type (a CompilationError; GPU run 3)."""
     res = _compile_in_child("--fp64-scalars")
-    assert {r["kernel"] for r in res} == {"norm", "corr_fwd", "corr_bwd", "match_fwd", "match_rowstats",
-                                          "match_grad_fs", "match_grad_ft"}
+    assert {r["kernel"] for r in res} == {"norm", "corr_fwd", "corr_bwd", "corr_fwd_tma", "match_fwd",
+                                          "match_rowstats", "match_grad_fs", "match_grad_ft"}
 
 
 def test_aot_compiles_every_kernel(aot_results):
     names = {r["kernel"] for r in aot_results}
-    assert names == {"norm", "corr_fwd", "corr_bwd", "match_fwd", "match_rowstats", "match_grad_fs",
-                     "match_grad_ft"}
+    assert names == {"norm", "corr_fwd", "corr_bwd", "corr_fwd_tma", "match_fwd", "match_rowstats",
+                     "match_grad_fs", "match_grad_ft"}
     assert {r["dtype"] for r in aot_results} == set(DTYPES.values())
 
 

@@ -226,6 +226,36 @@ def _run_nan() -> dict:
     return out
 
 
+# The persistent TMA correlation kernel (fp16): (B, C, source hw, target hw); Nt * 2 bytes a multiple of 16
+TMA_SHAPES = [(2, 37, (3, 5), (4, 6)), (3, 12, (5, 3), (2, 8))]
+TMA_CASES = [(s, split, flatten, norm, relu) for s in range(len(TMA_SHAPES)) for split in (True, False)
+             for flatten in (True, False) for norm, relu in ((True, True), (True, False), (False, True))
+             if flatten or (split and norm and relu)]
+
+
+def _run_tma() -> dict:
+    """correlation_fwd_tma with tiles smaller than the maps: 4 to 6 tiles over 3 programs (a program takes
+    several, across batch items), C = 37 over K steps of 16 (the descriptor zero-fills past C, not the next
+    item's channels), Ns = 15 padded to 16 rows, each output tile stored in two halves (SPLIT) or whole."""
+    import torch
+
+    from scc_kernels import reference
+    from scc_kernels.triton.correlation import correlation_fwd_tma
+
+    out = {}
+    for case in TMA_CASES:
+        s, split, flatten, norm, relu = case
+        b, c, (hs, ws), (ht, wt) = TMA_SHAPES[s]
+        g = torch.Generator().manual_seed(20 + s)
+        fs = torch.randn(b, c, hs, ws, generator=g).half()
+        ft = torch.randn(b, c, ht, wt, generator=g).half()
+        got = correlation_fwd_tma(fs, ft, norm, relu, 1e-6, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2,
+                                  NUM_SMS=3, SPLIT=split, FLATTEN=flatten)
+        assert got.dtype == fs.dtype and got.shape == (b, hs, ws, ht, wt)
+        out[_case_id(case)] = _rel(got, reference.correlation(fs.double(), ft.double(), norm, relu))
+    return out
+
+
 PRECISION_TAUS = (0.05, 0.01, 0.004)
 
 
@@ -262,6 +292,10 @@ def _main():
     if sys.argv[1:] == ["--nan"]:
         _stub_package()
         print(json.dumps(_run_nan()))
+        return
+    if sys.argv[1:] == ["--tma"]:
+        _stub_package()
+        print(json.dumps(_run_tma()))
         return
     if sys.argv[1:] == ["--offsets"]:
         _stub_package()
@@ -333,6 +367,14 @@ def test_fused_match_float32_small_tau_interpret():
     windowed = {case: ratios for case, ratios in res.items() if case.startswith("tau0.05 window") and
                 not case.endswith("window-1") and not all(r <= 1.0 for r in ratios.values())}
     assert not windowed, windowed
+
+
+def test_correlation_tma_interpret():
+    """The persistent TMA kernel (benchmarks/bench_gpu.py's sweep times it on a GPU) against the reference."""
+    err = _interpret("--tma")
+    assert set(err) == {_case_id(c) for c in TMA_CASES}
+    bad = {case: e for case, e in err.items() if not e < TOL["float16"]}
+    assert not bad, bad
 
 
 @pytest.mark.parametrize("case", CORR_CASES, ids=_case_id)

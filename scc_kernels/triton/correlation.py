@@ -15,6 +15,10 @@ loads are bounded by the padded row length: the JIT then knows the rows are 16-b
 shape gets vectorised loads and a software-pipelined K-loop, not only multiples of 16. Accumulation is fp32;
 fp32 inputs use input_precision="ieee" (no TF32) so the result keeps fp32 accuracy.
 Output dtype = input dtype.
+correlation_fwd_tma is a candidate for the large 16-bit problems, not yet used by the op: the same GEMM as a
+persistent kernel with TMA loads and stores, whose software pipeline runs on into the next tile during
+the epilogue (GPU run 3's one-tile-per-program kernel, one program per SM: 1.45x a bare bmm at B=8, C=1024,
+64x64, its epilogue overlapping nothing); benchmarks/bench_gpu.py's sweep times it against the shipped kernel.
 """
 
 from __future__ import annotations
@@ -204,6 +208,73 @@ def _corr_fwd_kernel(
 
 
 @triton.jit
+def _item_tile_ids(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
+    """(batch item, row tile, column tile) of a flat tile index, grouped as _tile_ids within an item."""
+    per_item = tiles_m * tiles_n
+    b = tile // per_item
+    t = tile - b * per_item
+    per_group = GROUP_M * tiles_n
+    first_m = (t // per_group) * GROUP_M
+    group_m = tl.minimum(tiles_m - first_m, GROUP_M)
+    return b, first_m + (t % per_group) % group_m, (t % per_group) // group_m
+
+
+@triton.jit
+def _tma_epilogue(d, o_desc, na, nb_ptr, b, m0, n0, Nt, eps, NORMALIZE: tl.constexpr, RELU: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    if NORMALIZE:
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nb = tl.load(nb_ptr + b * Nt + offs_n, mask=offs_n < Nt, other=0.0)
+        d = d / (na[:, None] * nb[None, :] + eps)
+    if RELU:
+        d = tl.maximum(d, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    o_desc.store([b, m0, n0], d.to(o_desc.dtype).reshape(1, BLOCK_M, BLOCK_N))  # clipped to (B, Ns, Nt)
+
+
+@triton.jit
+def _corr_fwd_tma_kernel(
+    a_desc, b_desc, o_desc, na_ptr, nb_ptr, B, Ns, Nt, C, eps,
+    NORMALIZE: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    NUM_SMS: tl.constexpr, SPLIT: tl.constexpr, FLATTEN: tl.constexpr,
+):
+    """_corr_fwd_kernel (norms from na / nb) as a persistent kernel: NUM_SMS programs stride over the tiles of
+    all batch items, operands come through TMA descriptors (a_desc: fs (B, C, Ns), b_desc: ft (B, C, Nt),
+    blocks (1, BLOCK_K, BLOCK_M / BLOCK_N), zero-filled past C) and the output leaves through one (o_desc:
+    (B, Ns, Nt), blocks (1, BLOCK_M, BLOCK_N / (2 if SPLIT else 1))). FLATTEN lets the software pipeline run
+    into the next tile's loads during the epilogue, which run 3's one-tile-per-program kernel leaves the
+    tensor cores idle for; SPLIT stores the tile in two halves (less shared memory for the store's staging)."""
+    eps = tl.cast(eps, tl.float32)
+    tiles_m = tl.cdiv(Ns, BLOCK_M)
+    tiles_n = tl.cdiv(Nt, BLOCK_N)
+    k_tiles = tl.cdiv(C, BLOCK_K)
+    tile_c = tl.program_id(0) - NUM_SMS  # the epilogue's own counter: the pipeliner may run ahead of it
+    for tile in tl.range(tl.program_id(0), B * tiles_m * tiles_n, NUM_SMS, flatten=FLATTEN):
+        b, pid_m, pid_n = _item_tile_ids(tile, tiles_m, tiles_n, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = a_desc.load([b, ki * BLOCK_K, pid_m * BLOCK_M]).reshape(BLOCK_K, BLOCK_M)
+            bt = b_desc.load([b, ki * BLOCK_K, pid_n * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
+            acc = tl.dot(tl.trans(a), bt, acc=acc)
+        tile_c += NUM_SMS
+        b, pid_m, pid_n = _item_tile_ids(tile_c, tiles_m, tiles_n, GROUP_M)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        if NORMALIZE:
+            na = tl.load(na_ptr + b * Ns + offs_m, mask=offs_m < Ns, other=0.0)
+        else:
+            na = offs_m  # unread
+        if SPLIT:
+            d0, d1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+            _tma_epilogue(d0, o_desc, na, nb_ptr, b, pid_m * BLOCK_M, pid_n * BLOCK_N, Nt, eps, NORMALIZE, RELU,
+                          BLOCK_M, BLOCK_N // 2)
+            _tma_epilogue(d1, o_desc, na, nb_ptr, b, pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2, Nt, eps,
+                          NORMALIZE, RELU, BLOCK_M, BLOCK_N // 2)
+        else:
+            _tma_epilogue(acc, o_desc, na, nb_ptr, b, pid_m * BLOCK_M, pid_n * BLOCK_N, Nt, eps, NORMALIZE, RELU,
+                          BLOCK_M, BLOCK_N)
+
+
+@triton.jit
 def _corr_bwd_kernel(
     fs_ptr, ft_ptr, na_ptr, nb_ptr, grad_ptr, A_ptr, rowq_ptr, colq_ptr, Ns, Nt, C,
     stride_sb, stride_sc, stride_tb, stride_tc, stride_gb, stride_gm, eps,
@@ -313,6 +384,49 @@ def correlation_fwd(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, 
         fs3, ft3, na, nb, out, ns, nt, c, fs3.stride(0), fs3.stride(1), ft3.stride(0), ft3.stride(1),
         ns * nt, nt, eps, NORMALIZE=normalize, RELU=relu, **cfg,
     )
+    return out
+
+
+# The persistent TMA kernel's config (sm_90: 238-251 registers, 176 KiB of shared memory with Triton 3.8 and
+# 3.6, no spills; tests/test_triton_aot.py). Not yet the default: no GPU has timed it (bench_gpu.py's sweep does).
+TMA_CONFIG = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, SPLIT=True,
+                  FLATTEN=True)
+
+
+def tma_block_shapes(cfg: dict) -> dict:
+    """The block shapes of _corr_fwd_tma_kernel's descriptors for a config."""
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    return {"a_desc": [1, bk, bm], "b_desc": [1, bk, bn], "o_desc": [1, bm, bn // 2 if cfg["SPLIT"] else bn]}
+
+
+def correlation_fwd_tma(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, relu: bool = True,
+                        eps: float = 1e-6, **config) -> torch.Tensor:
+    """correlation_fwd through _corr_fwd_tma_kernel (norm kernel + persistent TMA GEMM), fp16 / bf16 only.
+    ``config`` overrides TMA_CONFIG's entries and NUM_SMS (default: the device's SM count)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if fs.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"scc: the TMA correlation kernel takes float16 or bfloat16 maps, got {fs.dtype}")
+    b, c, hs, ws = fs.shape
+    ht, wt = ft.shape[-2:]
+    ns, nt = hs * ws, ht * wt
+    if (nt * fs.element_size()) % 16 != 0:
+        raise ValueError(f"scc: the TMA correlation kernel needs ht * wt * {fs.element_size()} bytes to be a "
+                         f"multiple of 16, got ht * wt = {nt}")
+    fs3, ft3 = _flat(fs, ft)
+    cfg = {**TMA_CONFIG, **config}
+    if "NUM_SMS" not in cfg:
+        cfg["NUM_SMS"] = _num_sms(fs.device.index if fs.device.index is not None else torch.cuda.current_device())
+    na, nb = norms(fs3, ft3) if normalize else (fs3, ft3)
+    fs3, ft3 = pad_rows(fs3), pad_rows(ft3)  # 16-byte strides for the descriptors
+    out = new_output((b, hs, ws, ht, wt), fs.dtype, fs.device)
+    o3 = out.view(b, ns, nt)
+    blocks = tma_block_shapes(cfg)
+    a_desc, b_desc, o_desc = (TensorDescriptor(t, list(t.shape), list(t.stride()), blocks[name])
+                              for t, name in ((fs3, "a_desc"), (ft3, "b_desc"), (o3, "o_desc")))
+    tiles = b * cdiv(ns, cfg["BLOCK_M"]) * cdiv(nt, cfg["BLOCK_N"])
+    _corr_fwd_tma_kernel[(min(cfg["NUM_SMS"], tiles),)](
+        a_desc, b_desc, o_desc, na, nb, b, ns, nt, c, eps, NORMALIZE=normalize, RELU=relu, **cfg)
     return out
 
 
