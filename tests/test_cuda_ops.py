@@ -195,9 +195,10 @@ def test_masked_vote_large_plane(dtype, mode, src, trg):
 @pytest.mark.parametrize("src,radius", [((3, 37), 2), ((2, 13), 12)], ids=["runs", "r12"])
 def test_masked_vote_local_box_runs(dtype, src, radius):
     # The local box sum takes runs of 16 source cells along x and a ring of the 2r + 1 latest column sums per
-    # thread. 3 x 37: runs of 16, 16 and 5 cells (each crosses a neighbouring run's planes). r = 12 on a
-    # source row of 13: a single run whose ring of 25 sums every cell reads, in float32; float64's 25 x 256
-    # ring would exceed 48 KiB, so it takes the four-pass path (the ring fits up to r = 11 there).
+    # thread. 3 x 37: runs of 16, 16 and 5 cells (each reads a neighbouring run's planes; the 5-slot ring
+    # wraps several times per walk). r = 12 on a source row of 13: one run whose every window is clipped by
+    # both edges of the row (25 slots, 13 filled), in float32; float64's 25 x 256 ring would exceed 48 KiB,
+    # so it takes the four-pass path (the ring fits up to r = 11 there).
     g = _gen(11)
     trg = (4, 6)
     corr = torch.rand(2, *src, *trg, generator=g, dtype=torch.float64)

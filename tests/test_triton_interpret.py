@@ -226,17 +226,20 @@ def _run_nan() -> dict:
     return out
 
 
-# The persistent TMA correlation kernel (fp16): (B, C, source hw, target hw); Nt * 2 bytes a multiple of 16
-TMA_SHAPES = [(2, 37, (3, 5), (4, 6)), (3, 12, (5, 3), (2, 8))]
+# The persistent TMA correlation kernel (fp16): (B, C, source hw, target hw, BLOCK_M = BLOCK_N), with
+# ht * wt a multiple of 8 (16-byte output rows)
+TMA_SHAPES = [(2, 37, (3, 5), (4, 6), 16), (3, 12, (5, 7), (4, 12), 32)]
 TMA_CASES = [(s, split, flatten, norm, relu) for s in range(len(TMA_SHAPES)) for split in (True, False)
              for flatten in (True, False) for norm, relu in ((True, True), (True, False), (False, True))
              if flatten or (split and norm and relu)]
 
 
 def _run_tma() -> dict:
-    """correlation_fwd_tma with tiles smaller than the maps: 4 to 6 tiles over 3 programs (a program takes
-    several, across batch items), C = 37 over K steps of 16 (the descriptor zero-fills past C, not the next
-    item's channels), Ns = 15 padded to 16 rows, each output tile stored in two halves (SPLIT) or whole."""
+    """correlation_fwd_tma with tiles smaller than the maps, over 3 programs: 2 x 1 x 2 tiles (C = 37 over K
+    steps of 16: the descriptor zero-fills past C, not the next item's channels) and 3 x 2 x 2 (Ns = 35,
+    padded to 48, and Nt = 48 in tiles of 32: the last tiles reach past the rows, zero-filled, and their
+    stores are clipped); each output tile stored in two halves (SPLIT) or whole. Also a base that is not
+    16-byte aligned (a view one element in) and the argument errors."""
     import torch
 
     from scc_kernels import reference
@@ -245,14 +248,26 @@ def _run_tma() -> dict:
     out = {}
     for case in TMA_CASES:
         s, split, flatten, norm, relu = case
-        b, c, (hs, ws), (ht, wt) = TMA_SHAPES[s]
+        b, c, (hs, ws), (ht, wt), block = TMA_SHAPES[s]
         g = torch.Generator().manual_seed(20 + s)
         fs = torch.randn(b, c, hs, ws, generator=g).half()
         ft = torch.randn(b, c, ht, wt, generator=g).half()
-        got = correlation_fwd_tma(fs, ft, norm, relu, 1e-6, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2,
+        if s == 1:  # ft as a view one element into its storage (Nt = 48: pad_rows does not copy it)
+            ft = torch.randn(ft.numel() + 1, generator=g).half()[1:].view(ft.shape)
+        got = correlation_fwd_tma(fs, ft, norm, relu, 1e-6, BLOCK_M=block, BLOCK_N=block, BLOCK_K=16, GROUP_M=2,
                                   NUM_SMS=3, SPLIT=split, FLATTEN=flatten)
         assert got.dtype == fs.dtype and got.shape == (b, hs, ws, ht, wt)
         out[_case_id(case)] = _rel(got, reference.correlation(fs.double(), ft.double(), norm, relu))
+    errors = {}
+    fs, ft = torch.randn(2, 8, 3, 4).half(), torch.randn(2, 8, 4, 4).half()
+    for name, args in (("dtype", (fs.float(), ft.float())), ("odd-nt", (fs, torch.randn(2, 8, 3, 3).half())),
+                       ("channels", (fs, torch.randn(2, 9, 4, 4).half())), ("mixed", (fs, ft.bfloat16()))):
+        try:
+            correlation_fwd_tma(*args, NUM_SMS=3)
+            errors[name] = "no error"
+        except ValueError as exc:
+            errors[name] = str(exc)
+    out["errors"] = errors
     return out
 
 
@@ -372,9 +387,12 @@ def test_fused_match_float32_small_tau_interpret():
 def test_correlation_tma_interpret():
     """The persistent TMA kernel (benchmarks/bench_gpu.py's sweep times it on a GPU) against the reference."""
     err = _interpret("--tma")
+    errors = err.pop("errors")
     assert set(err) == {_case_id(c) for c in TMA_CASES}
     bad = {case: e for case, e in err.items() if not e < TOL["float16"]}
     assert not bad, bad
+    assert "float16 or bfloat16" in errors["dtype"] and "multiple of 8, got 9" in errors["odd-nt"], errors
+    assert all("of one dtype and device" in errors[k] for k in ("channels", "mixed")), errors
 
 
 @pytest.mark.parametrize("case", CORR_CASES, ids=_case_id)

@@ -8,8 +8,8 @@
 //           u planes along the diagonals (box_kernel: each u element read once per block, from L2) and
 //           reduces its part of the per-batch peak. Traffic: read corr, write and read u, write h (then
 //           normalise: read h, write g). Planes whose shared-memory stage exceeds 48 KiB, and radii whose
-//           ring of column sums would (r > 23 in fp32, r > 11 in fp64), take four 1D passes through global
-//           memory instead.
+//           ring of column sums would exceed it (r > 23 in fp32, r > 11 in fp64), take four 1D passes
+//           through global memory instead.
 //   global: the offset histogram V(o) = sum over (i, i + o) of w: partial histograms per source row (a
 //           block per (b, iy), reading w once and coalesced), summed over rows in a fixed order (no
 //           atomics: deterministic), blurred by K with zero outside; h_ij = Vb(x_j - x_i). Every offset

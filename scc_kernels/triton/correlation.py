@@ -239,11 +239,12 @@ def _corr_fwd_tma_kernel(
     NUM_SMS: tl.constexpr, SPLIT: tl.constexpr, FLATTEN: tl.constexpr,
 ):
     """_corr_fwd_kernel (norms from na / nb) as a persistent kernel: NUM_SMS programs stride over the tiles of
-    all batch items, operands come through TMA descriptors (a_desc: fs (B, C, Ns), b_desc: ft (B, C, Nt),
-    blocks (1, BLOCK_K, BLOCK_M / BLOCK_N), zero-filled past C) and the output leaves through one (o_desc:
-    (B, Ns, Nt), blocks (1, BLOCK_M, BLOCK_N / (2 if SPLIT else 1))). FLATTEN lets the software pipeline run
-    into the next tile's loads during the epilogue, which run 3's one-tile-per-program kernel leaves the
-    tensor cores idle for; SPLIT stores the tile in two halves (less shared memory for the store's staging)."""
+    all batch items. Operands come through TMA descriptors, a_desc over fs (B, C, Ns) and b_desc over
+    ft (B, C, Nt), rows zero-padded to a multiple of 16 (pad_rows), blocks (1, BLOCK_K, BLOCK_M / BLOCK_N),
+    zero-filled past C; the output leaves through o_desc over (B, Ns, Nt), blocks (1, BLOCK_M, BLOCK_N) or
+    two halves of it (SPLIT: less shared memory to stage the store), clipped at the edges. FLATTEN lets the
+    software pipeline run into the next tile's loads during the epilogue, which run 3's one-tile-per-program
+    kernel (one program per SM by shared memory) overlaps with nothing."""
     eps = tl.cast(eps, tl.float32)
     tiles_m = tl.cdiv(Ns, BLOCK_M)
     tiles_n = tl.cdiv(Nt, BLOCK_N)
@@ -399,20 +400,37 @@ def tma_block_shapes(cfg: dict) -> dict:
     return {"a_desc": [1, bk, bm], "b_desc": [1, bk, bn], "o_desc": [1, bm, bn // 2 if cfg["SPLIT"] else bn]}
 
 
-def correlation_fwd_tma(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, relu: bool = True,
-                        eps: float = 1e-6, **config) -> torch.Tensor:
-    """correlation_fwd through _corr_fwd_tma_kernel (norm kernel + persistent TMA GEMM), fp16 / bf16 only.
-    ``config`` overrides TMA_CONFIG's entries and NUM_SMS (default: the device's SM count)."""
+def _descriptor(t: torch.Tensor, block_shape: list[int]):
+    """A TMA descriptor of a contiguous tensor: row-major strides from its shape (a size-1 dimension may carry
+    any stride, which TMA would reject) and a 16-byte aligned base (a view's may not be: then a copy)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
+    if t.data_ptr() % 16 != 0:
+        t = t.clone()
+    strides = [1] * t.dim()
+    for d in range(t.dim() - 2, -1, -1):
+        strides[d] = strides[d + 1] * t.shape[d + 1]
+    return TensorDescriptor(t, list(t.shape), strides, block_shape)
+
+
+def correlation_fwd_tma(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, relu: bool = True,
+                        eps: float = 1e-6, **config) -> torch.Tensor:
+    """correlation_fwd through _corr_fwd_tma_kernel (norm kernel + persistent TMA GEMM): fs (B, C, hs, ws)
+    and ft (B, C, ht, wt), float16 or bfloat16, with ht * wt a multiple of 8 (the output's rows must be a
+    multiple of 16 bytes long, as a TMA descriptor's strides). ``config`` overrides TMA_CONFIG's entries and
+    NUM_SMS (default: the device's SM count)."""
     if fs.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"scc: the TMA correlation kernel takes float16 or bfloat16 maps, got {fs.dtype}")
+    if (fs.dim() != 4 or ft.dim() != 4 or ft.shape[:2] != fs.shape[:2] or ft.dtype != fs.dtype
+            or ft.device != fs.device or fs.numel() == 0 or ft.numel() == 0):
+        raise ValueError("scc: the TMA correlation kernel takes non-empty fs (B, C, hs, ws) and ft (B, C, ht, wt) "
+                         f"of one dtype and device, got {tuple(fs.shape)} {fs.dtype} {fs.device} and "
+                         f"{tuple(ft.shape)} {ft.dtype} {ft.device}")
     b, c, hs, ws = fs.shape
     ht, wt = ft.shape[-2:]
     ns, nt = hs * ws, ht * wt
     if (nt * fs.element_size()) % 16 != 0:
-        raise ValueError(f"scc: the TMA correlation kernel needs ht * wt * {fs.element_size()} bytes to be a "
-                         f"multiple of 16, got ht * wt = {nt}")
+        raise ValueError(f"scc: the TMA correlation kernel needs ht * wt to be a multiple of 8, got {nt}")
     fs3, ft3 = _flat(fs, ft)
     cfg = {**TMA_CONFIG, **config}
     if "NUM_SMS" not in cfg:
@@ -420,13 +438,12 @@ def correlation_fwd_tma(fs: torch.Tensor, ft: torch.Tensor, normalize: bool = Tr
     na, nb = norms(fs3, ft3) if normalize else (fs3, ft3)
     fs3, ft3 = pad_rows(fs3), pad_rows(ft3)  # 16-byte strides for the descriptors
     out = new_output((b, hs, ws, ht, wt), fs.dtype, fs.device)
-    o3 = out.view(b, ns, nt)
     blocks = tma_block_shapes(cfg)
-    a_desc, b_desc, o_desc = (TensorDescriptor(t, list(t.shape), list(t.stride()), blocks[name])
-                              for t, name in ((fs3, "a_desc"), (ft3, "b_desc"), (o3, "o_desc")))
+    descs = [_descriptor(t, blocks[name])
+             for t, name in ((fs3, "a_desc"), (ft3, "b_desc"), (out.view(b, ns, nt), "o_desc"))]
     tiles = b * cdiv(ns, cfg["BLOCK_M"]) * cdiv(nt, cfg["BLOCK_N"])
     _corr_fwd_tma_kernel[(min(cfg["NUM_SMS"], tiles),)](
-        a_desc, b_desc, o_desc, na, nb, b, ns, nt, c, eps, NORMALIZE=normalize, RELU=relu, **cfg)
+        *descs, na, nb, b, ns, nt, c, eps, NORMALIZE=normalize, RELU=relu, **cfg)
     return out
 
 
