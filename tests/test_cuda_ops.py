@@ -324,11 +324,36 @@ def test_soft_argmax_nan_mass_stays_nan():
     # The argmax-cell fallback is for a window mass of 0 (P underflowed); a NaN in P stays NaN, as in the reference.
     p = torch.softmax(torch.randn(2, 6, 12, generator=_gen(9), dtype=torch.float64), dim=-1)
     p[0, 4] = float("nan")
+    p[1, 2, 7] = float("nan")  # one NaN cell: the row's argmax (torch.argmax's rule), so its conf and flow are NaN
     for window in (-1, 1):
         flow, conf = OPS.soft_argmax(p.to(DEV), 3, 4, window, 1.0)
         rflow, rconf = ref.soft_argmax(p, 3, 4, window)
-        assert torch.isnan(rflow[0, 4]).all() and torch.equal(torch.isnan(flow).cpu(), torch.isnan(rflow))
+        assert torch.isnan(rflow[0, 4]).all() and torch.isnan(rconf[1, 2])
+        assert torch.equal(torch.isnan(flow).cpu(), torch.isnan(rflow))
         assert torch.equal(torch.isnan(conf).cpu(), torch.isnan(rconf))
+
+
+@pytest.mark.parametrize("src,radius", [((3, 5), 1), ((2, 13), 12)], ids=["box", "four-pass"])
+def test_nan_is_the_maximum(src, radius):
+    # A NaN in the volume is its row's, column's and item's maximum (torch.max / amax): mutual_nn is NaN on its
+    # row and column, masked_vote on its whole item (the peak that normalises it). float64 r = 12 takes the
+    # local mode's four-pass path (max_partial_kernel), r = 1 the box kernel's per-block peaks.
+    g = _gen(12)
+    corr = torch.rand(2, *src, 4, 6, generator=g, dtype=torch.float64) + 0.05
+    corr[1, 1, 2, 0, 3] = float("nan")
+    ms = torch.rand(2, *src, generator=g, dtype=torch.float64)
+    mt = torch.rand(2, 4, 6, generator=g, dtype=torch.float64)
+    out = OPS.mutual_nn(corr.to(DEV), 1e-5).cpu()
+    truth = ref.mutual_nn(corr, 1e-5)
+    assert torch.isnan(truth[1, 1, 2]).all() and torch.equal(torch.isnan(out), torch.isnan(truth))
+    first = corr.clone()
+    first[0, 0, 0, 0, 0] = float("nan")  # where the scans start (the first row, the first column)
+    assert torch.equal(torch.isnan(OPS.mutual_nn(first.to(DEV), 1e-5).cpu()), torch.isnan(ref.mutual_nn(first, 1e-5)))
+    for mode in ("local", "global"):
+        out = OPS.masked_vote(corr.to(DEV), ms.to(DEV), mt.to(DEV), mode, radius, 1.0, 1e-6).cpu()
+        truth = ref.masked_vote(corr, ms, mt, mode, radius, 1.0, 1e-6)
+        assert torch.isnan(truth[1]).all() and not torch.isnan(truth[0]).any()
+        assert torch.equal(torch.isnan(out), torch.isnan(truth)), mode
 
 
 # ---- conv4d -----------------------------------------------------------------------------------

@@ -646,8 +646,28 @@ def test_nan_feature_propagates(backend, dtype):
             assert_nan_like(flow, rflow)
         P = torch.softmax(torch.randn(2, 6, 12, dtype=dtype), dim=2)
         P[0, 4] = float("nan")  # a NaN window mass stays NaN (the argmax-cell fallback is for mass 0)
+        P[1, 2, 7] = float("nan")  # one NaN cell: the row's argmax (torch.argmax's rule), its flow NaN
         for window in (-1, 1):
             flow, conf = K.soft_argmax(P, 3, 4, window)
             rflow, rconf = R.soft_argmax(P.double(), 3, 4, window)
             assert_nan_like(flow, rflow)
             assert_nan_like(conf, rconf)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_nan_volume_maxima(backend, dtype):
+    """A NaN in the volume is the maximum of its row, column and batch item, as torch.max / amax have it: mutual_nn
+    gives NaN on its whole row and column, masked_vote on its whole item (the normaliser), not only near it."""
+    corr = volume(2, 3, 4, 3, 5, dtype=dtype)
+    corr[1, 1, 2, 0, 3] = float("nan")
+    ms, mt = torch.rand(2, 3, 4, dtype=dtype), torch.rand(2, 3, 5, dtype=dtype)
+    first = corr.clone()
+    first[0, 0, 0, 0, 0] = float("nan")  # where the scans start (the first row, the first column)
+    with K.use_backend(backend):
+        assert_nan_like(K.mutual_nn(corr, 1e-5), R.mutual_nn(corr.double(), 1e-5))
+        assert_nan_like(K.mutual_nn(first, 1e-5), R.mutual_nn(first.double(), 1e-5))
+        for mode in ("local", "global"):
+            ref = R.masked_vote(corr.double(), ms.double(), mt.double(), mode, 1, 1.0, 1e-6)
+            assert torch.isnan(ref[1]).all() and not torch.isnan(ref[0]).any()
+            assert_nan_like(K.masked_vote(corr, ms, mt, mode, 1, 1.0, 1e-6), ref)

@@ -208,7 +208,7 @@ at::Tensor masked_vote(const at::Tensor& corr_in, const at::Tensor& ms_in, const
     at::parallel_for(0, a.grid.B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         scalar_t* hb = h + b * per;
-        const scalar_t inv = scalar_t(1) / (*std::max_element(hb, hb + per) + static_cast<scalar_t>(eps));
+        const scalar_t inv = scalar_t(1) / (*first_max(hb, hb + per) + static_cast<scalar_t>(eps));
         for (int64_t n = 0; n < per; ++n) hb[n] *= inv;
       }
     });
@@ -238,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_vote_backward(const at::Te
         const scalar_t* hb = hp + b * per;
         const scalar_t* gb = gp + b * per;
         scalar_t* out = ghp + b * per;
-        const int64_t am = std::max_element(hb, hb + per) - hb;
+        const int64_t am = first_max(hb, hb + per) - hb;
         const scalar_t den = hb[am] + static_cast<scalar_t>(eps);
         scalar_t dot = 0;
         for (int64_t n = 0; n < per; ++n) {

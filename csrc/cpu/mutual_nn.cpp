@@ -14,12 +14,48 @@ namespace scc {
 namespace cpu {
 namespace {
 
-// Row and column maxima with the first index attaining them (torch.max(dim) semantics on ties).
+// Row and column maxima with the first index attaining them (torch.max(dim) semantics on ties and NaN).
 template <typename T>
 struct Maxima {
   std::vector<T> row, col;              // (B*Ns), (B*Nt)
   std::vector<int64_t> row_arg, col_arg;
 };
+
+// Rows [i0, i1) of item b: their maxima into m, the chunk's partial column maxima into pc / pa. kNan: nan_gt
+// (a NaN is the maximum, at its first index); else the fast loop (nan_gt in it cost 30%), which returns
+// whether it saw a NaN: then the caller scans the chunk again with kNan.
+template <bool kNan, typename T>
+bool chunk_maxima(const T* c, int64_t b, int64_t i0, int64_t i1, int64_t Ns, int64_t Nt, T* pc, int64_t* pa,
+                  Maxima<T>& m) {
+  const T* first = c + (b * Ns + i0) * Nt;
+  std::copy(first, first + Nt, pc);
+  std::fill(pa, pa + Nt, i0);
+  bool nan = false;
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* row = c + (b * Ns + i) * Nt;
+    T rm = row[0];
+    int64_t ra = 0;
+    for (int64_t j = 0; j < Nt; ++j) {
+      const T v = row[j];
+      if constexpr (kNan) {
+        if (nan_gt(v, rm)) { rm = v; ra = j; }
+        if (nan_gt(v, pc[j])) { pc[j] = v; pa[j] = i; }
+      } else {  // one comparison per maximum, as a plain `>`: !(v <= m) is v > m or a NaN on either side
+        if (!(v <= rm)) {
+          if (v != v || rm != rm) nan = true;
+          else { rm = v; ra = j; }
+        }
+        if (!(v <= pc[j])) {
+          if (v != v || pc[j] != pc[j]) nan = true;
+          else { pc[j] = v; pa[j] = i; }
+        }
+      }
+    }
+    m.row[b * Ns + i] = rm;
+    m.row_arg[b * Ns + i] = ra;
+  }
+  return nan;
+}
 
 template <typename T>
 Maxima<T> maxima(const T* c, int64_t B, int64_t Ns, int64_t Nt) {
@@ -38,21 +74,7 @@ Maxima<T> maxima(const T* c, int64_t B, int64_t Ns, int64_t Nt) {
       const int64_t b = t / nchunks, i0 = (t % nchunks) * chunk, i1 = std::min(Ns, i0 + chunk);
       T* pc = pcol.data() + t * Nt;
       int64_t* pa = parg.data() + t * Nt;
-      const T* first = c + (b * Ns + i0) * Nt;
-      std::copy(first, first + Nt, pc);
-      std::fill(pa, pa + Nt, i0);
-      for (int64_t i = i0; i < i1; ++i) {
-        const T* row = c + (b * Ns + i) * Nt;
-        T rm = row[0];
-        int64_t ra = 0;
-        for (int64_t j = 0; j < Nt; ++j) {
-          const T v = row[j];
-          if (v > rm) { rm = v; ra = j; }
-          if (v > pc[j]) { pc[j] = v; pa[j] = i; }
-        }
-        m.row[b * Ns + i] = rm;
-        m.row_arg[b * Ns + i] = ra;
-      }
+      if (chunk_maxima<false>(c, b, i0, i1, Ns, Nt, pc, pa, m)) chunk_maxima<true>(c, b, i0, i1, Ns, Nt, pc, pa, m);
     }
   });
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -65,7 +87,7 @@ Maxima<T> maxima(const T* c, int64_t B, int64_t Ns, int64_t Nt) {
         const T* pc = pcol.data() + (b * nchunks + k) * Nt;
         const int64_t* pa = parg.data() + (b * nchunks + k) * Nt;
         for (int64_t j = 0; j < Nt; ++j)
-          if (pc[j] > col[j]) { col[j] = pc[j]; arg[j] = pa[j]; }  // strict: earlier chunk wins ties
+          if (nan_gt(pc[j], col[j])) { col[j] = pc[j]; arg[j] = pa[j]; }  // strict: earlier chunk wins ties
       }
     }
   });

@@ -56,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor> soft_argmax(const at::Tensor& P_in, int64_t h
     at::parallel_for(0, BN, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = p + r * Nt;
-        const int64_t arg = std::max_element(row, row + Nt) - row;  // first maximum
+        const int64_t arg = first_max(row, row + Nt) - row;
         const Window w = window_of(arg, ht, wt, window);
         scalar_t s = 0, sx = 0, sy = 0;
         for (int64_t y = w.r0; y <= w.r1; ++y)

@@ -384,7 +384,7 @@ __global__ void max_partial_kernel(const acc_t* __restrict__ h, int64_t n, MaxId
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const acc_t v = h[b * n + k];
-    if (v > m.v || m.i == INT64_MAX) m = {v, k};
+    m = better(m, MaxIdx<acc_t>{v, k});
   }
   m = block_max_idx(m);
   if (threadIdx.x == 0) part[b * gridDim.x + blockIdx.x] = m;

@@ -23,8 +23,8 @@ __device__ __forceinline__ acc_t mnn_value(acc_t x, acc_t cm, acc_t rm, acc_t ep
   return x * (x / (cm + eps)) * (x / (rm + eps));
 }
 
-// A partial maximum with a 32-bit index; i < 0 means empty. The larger value wins, a tie goes to the
-// smaller index, so partials may be combined in any order.
+// A partial maximum with a 32-bit index; i < 0 means empty. The larger value wins (NaN above every number,
+// as better() in utils.cuh), a tie goes to the smaller index, so partials may be combined in any order.
 template <typename acc_t>
 struct Arg {
   acc_t v;
@@ -33,7 +33,8 @@ struct Arg {
 
 template <typename acc_t>
 __device__ __forceinline__ Arg<acc_t> arg_better(Arg<acc_t> a, Arg<acc_t> b) {
-  return (b.i >= 0 && (a.i < 0 || b.v > a.v || (b.v == a.v && b.i < a.i))) ? b : a;
+  const bool tie = b.v == a.v || (b.v != b.v && a.v != a.v);
+  return (b.i >= 0 && (a.i < 0 || nan_gt(b.v, a.v) || (tie && b.i < a.i))) ? b : a;
 }
 
 // Row and column partial maxima in one read of the volume. Block (tile, chunk, b) scans rows
@@ -69,8 +70,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 #pragma unroll
         for (int u = 0; u < V; ++u) {
           const acc_t v = static_cast<acc_t>(x[u]);
-          if (v > cm[k][u].v || cm[k][u].i < 0) cm[k][u] = {v, static_cast<int>(i0) + r};
-          if (v > rm.v || rm.i < 0) rm = {v, static_cast<int>(j - tile * kTile) + u};
+          if (nan_gt(v, cm[k][u].v) || cm[k][u].i < 0) cm[k][u] = {v, static_cast<int>(i0) + r};
+          if (nan_gt(v, rm.v) || rm.i < 0) rm = {v, static_cast<int>(j - tile * kTile) + u};
         }
       }
     }

@@ -53,7 +53,7 @@ __device__ RowStats<acc_t> row_stats(const scalar_t* __restrict__ p, int64_t ht,
   RowStats<acc_t> st{{neg_inf<acc_t>(), INT64_MAX}, 0, 0, 0};
   for (int64_t j = threadIdx.x; j < nt; j += kWarp) {
     const acc_t v = static_cast<acc_t>(p[j]);
-    if (v > st.best.v || st.best.i == INT64_MAX) st.best = {v, j};
+    st.best = better(st.best, MaxIdx<acc_t>{v, j});
     if (window < 0) {
       const acc_t w = pow_beta(v, beta);
       const int64_t r = j / wt;

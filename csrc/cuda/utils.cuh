@@ -78,11 +78,12 @@ struct MaxIdx {
   int64_t i;
 };
 
-// Larger value wins; on a tie the smaller index wins, so the result does not depend on the
-// order in which partial results are combined.
+// Larger value wins, NaN above every number (nan_gt, csrc/common.h: torch.max semantics); on a tie (or two
+// NaNs) the smaller index wins, so the result does not depend on the order in which partials are combined.
 template <typename T>
 __device__ __forceinline__ MaxIdx<T> better(MaxIdx<T> a, MaxIdx<T> b) {
-  return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
+  const bool tie = b.v == a.v || (b.v != b.v && a.v != a.v);
+  return (nan_gt(b.v, a.v) || (tie && b.i < a.i)) ? b : a;
 }
 
 template <typename T>
