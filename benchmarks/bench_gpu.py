@@ -11,6 +11,7 @@ by GPU kernel, so the next change goes to the kernel that costs the time (the "k
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -165,24 +166,15 @@ def correlation_sweep(dev):
     flops = 2 * b * n * n * c
     nbytes = 2 * (b * c * 2 * n + b * n * n)
     ref = K.correlation(fs, ft)
-    for cfg in TMA_SWEEP:
-        name = ("scc TMA persistent {BLOCK_M}x{BLOCK_N}x{BLOCK_K} G{GROUP_M} w{num_warps} s{num_stages}"
-                "{split}{flat}").format(**cfg, split=" split" if cfg["SPLIT"] else "",
-                                        flat=" flat" if cfg["FLATTEN"] else "")
+    runs = [("scc TMA persistent {BLOCK_M}x{BLOCK_N}x{BLOCK_K} G{GROUP_M} w{num_warps} s{num_stages}{split}{flat}"
+             .format(**cfg, split=" split" if cfg["SPLIT"] else "", flat=" flat" if cfg["FLATTEN"] else ""),
+             functools.partial(TC.correlation_fwd_tma, fs, ft, **cfg)) for cfg in TMA_SWEEP]
+    runs += [("scc {BLOCK_M}x{BLOCK_N}x{BLOCK_K} G{GROUP_M} w{num_warps} s{num_stages}".format(**cfg),
+              functools.partial(TC.correlation_fwd, fs, ft, NORMS_IN_LOOP=False, **cfg)) for cfg in SWEEP]
+    for name, fn in runs:
         try:
-            out = TC.correlation_fwd_tma(fs, ft, **cfg)
-            torch.testing.assert_close(out, ref)
-            record("correlation sweep", f"B8 C{c} {h}x{h} bf16", name,
-                   bench(lambda: TC.correlation_fwd_tma(fs, ft, **cfg)), flops, nbytes)
-        except Exception as exc:
-            print(f"!! sweep {name}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-    for cfg in SWEEP:
-        name = "scc {BLOCK_M}x{BLOCK_N}x{BLOCK_K} G{GROUP_M} w{num_warps} s{num_stages}".format(**cfg)
-        try:
-            out = TC.correlation_fwd(fs, ft, NORMS_IN_LOOP=False, **cfg)
-            torch.testing.assert_close(out, ref)  # the same sums in another tiling (bf16 tolerances)
-            record("correlation sweep", f"B8 C{c} {h}x{h} bf16", name,
-                   bench(lambda: TC.correlation_fwd(fs, ft, NORMS_IN_LOOP=False, **cfg)), flops, nbytes)
+            torch.testing.assert_close(fn(), ref)  # the same sums in another tiling (bf16 tolerances)
+            record("correlation sweep", f"B8 C{c} {h}x{h} bf16", name, bench(fn), flops, nbytes)
         except Exception as exc:  # out of shared memory, or a config that differs: say so, go on
             print(f"!! sweep {name}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
 

@@ -70,7 +70,7 @@ def _variants():
             out.append(("corr_bwd", corr._corr_bwd_kernel, {**corr.BWD_CONFIGS[tdt], **flags}, ptr_types(dt)))
             if tdt != torch.float32:  # the persistent TMA kernel (16-bit inputs), at an H100's SM count
                 out.append(("corr_fwd_tma", corr._corr_fwd_tma_kernel, {**corr.TMA_CONFIG, **flags, "NUM_SMS": 132},
-                            {**ptr_types(dt), **{k: f"tensordesc<{dt}{v}>".replace(" ", "")
+                            {**ptr_types(dt), **{k: f"tensordesc<{dt}[{','.join(map(str, v))}]>"
                                                  for k, v in corr.tma_block_shapes(corr.TMA_CONFIG).items()}}))
         for windowed in (False, True):
             flags = {"WINDOWED": windowed}

@@ -132,6 +132,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(acc_t) == 8 ? 2 : 4)
   const int c0 = max(0, ix0 - r), c1 = min(ws - 1, ix0 + T - 1 + r);
   const int64_t i0 = static_cast<int64_t>(iy) * ws + ix0;  // source index of t = 0 within the batch item
   const int64_t dstep = ws * plane + wx;                      // (dy, row) -> (dy + 1, row + 1)
+  acc_t* hb = h + (row / hs) * hs * ws * nt;                  // the batch item's h, indexed by i Nt + j
   MaxIdx<acc_t> m{neg_inf<acc_t>(), INT64_MAX};
   for (int p = threadIdx.x; p < ht * nq; p += blockDim.x) {
     const int jy = p / nq, q = p - jy * nq - (T - 1);
@@ -162,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(acc_t) == 8 ? 2 : 4)
           k = k + 1 == slots ? 0 : k + 1;
         }
         const int64_t flat = (i0 + t) * nt + jy * wt + jx;
-        h[(row * ws + ix0 + t) * nt + jy * wt + jx] = v;
+        hb[flat] = v;
         m = better(m, MaxIdx<acc_t>{v, flat});
       }
     }
@@ -624,7 +625,8 @@ void vote(const scalar_t* corr, const scalar_t* ms, const scalar_t* mt, const at
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  if (smem <= kMaxSmem && box_smem(d, sizeof(acc_t)) <= kMaxSmem) {
+  const int64_t ring_smem = box_smem(d, sizeof(acc_t));
+  if (smem <= kMaxSmem && ring_smem <= kMaxSmem) {
     at::Tensor u = acc_empty<acc_t>(rows * (d.ht + 2 * d.r) * (d.wt + 2 * d.r), like);
     acc_t* up = u.mutable_data_ptr<acc_t>();
     if (in == nullptr) {
@@ -637,7 +639,7 @@ void vote(const scalar_t* corr, const scalar_t* ms, const scalar_t* mt, const at
     const int64_t parts = d.hs * ceil_div(d.ws, kBoxRun);  // box_kernel blocks per batch item
     at::Tensor part = at::empty({d.batch * parts * rec}, like.options().dtype(at::kByte));
     auto* pp = reinterpret_cast<MaxIdx<acc_t>*>(part.mutable_data_ptr());
-    box_kernel<acc_t><<<d.batch * parts, kThreads, box_smem(d, sizeof(acc_t)), stream>>>(
+    box_kernel<acc_t><<<d.batch * parts, kThreads, ring_smem, stream>>>(
         u.const_data_ptr<acc_t>(), d, h.mutable_data_ptr<acc_t>(), pp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (peak != nullptr) {

@@ -33,8 +33,7 @@ struct Arg {
 
 template <typename acc_t>
 __device__ __forceinline__ Arg<acc_t> arg_better(Arg<acc_t> a, Arg<acc_t> b) {
-  const bool tie = b.v == a.v || (b.v != b.v && a.v != a.v);
-  return (b.i >= 0 && (a.i < 0 || nan_gt(b.v, a.v) || (tie && b.i < a.i))) ? b : a;
+  return (b.i >= 0 && (a.i < 0 || nan_gt(b.v, a.v) || (!nan_gt(a.v, b.v) && b.i < a.i))) ? b : a;
 }
 
 // Row and column partial maxima in one read of the volume. Block (tile, chunk, b) scans rows

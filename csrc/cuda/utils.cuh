@@ -82,8 +82,7 @@ struct MaxIdx {
 // NaNs) the smaller index wins, so the result does not depend on the order in which partials are combined.
 template <typename T>
 __device__ __forceinline__ MaxIdx<T> better(MaxIdx<T> a, MaxIdx<T> b) {
-  const bool tie = b.v == a.v || (b.v != b.v && a.v != a.v);
-  return (nan_gt(b.v, a.v) || (tie && b.i < a.i)) ? b : a;
+  return (nan_gt(b.v, a.v) || (!nan_gt(a.v, b.v) && b.i < a.i)) ? b : a;
 }
 
 template <typename T>

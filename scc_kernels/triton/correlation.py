@@ -161,18 +161,19 @@ def gemm_tile(
 
 
 @triton.jit
-def _tile_ids(Ns, Nt, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Grouped program order: GROUP_M row tiles sweep the column tiles together, so the fs and ft tiles
-    they share stay in L2."""
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(Ns, BLOCK_M)
-    tiles_n = tl.cdiv(Nt, BLOCK_N)
+def _grouped(t, tiles_m, tiles_n, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of tile t of one batch item in grouped order: GROUP_M row tiles sweep the
+    column tiles together, so the fs and ft tiles they share stay in L2."""
     per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
+    first_m = (t // per_group) * GROUP_M
     group_m = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
-    return pid_m, pid_n
+    return first_m + (t % per_group) % group_m, (t % per_group) // group_m
+
+
+@triton.jit
+def _tile_ids(Ns, Nt, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's (row tile, column tile) in grouped order (grid axis 1 is the batch item)."""
+    return _grouped(tl.program_id(0), tl.cdiv(Ns, BLOCK_M), tl.cdiv(Nt, BLOCK_N), GROUP_M)
 
 
 @triton.jit
@@ -209,14 +210,10 @@ def _corr_fwd_kernel(
 
 @triton.jit
 def _item_tile_ids(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
-    """(batch item, row tile, column tile) of a flat tile index, grouped as _tile_ids within an item."""
-    per_item = tiles_m * tiles_n
-    b = tile // per_item
-    t = tile - b * per_item
-    per_group = GROUP_M * tiles_n
-    first_m = (t // per_group) * GROUP_M
-    group_m = tl.minimum(tiles_m - first_m, GROUP_M)
-    return b, first_m + (t % per_group) % group_m, (t % per_group) // group_m
+    """(batch item, row tile, column tile) of a flat tile index over all items, grouped within an item."""
+    b = tile // (tiles_m * tiles_n)
+    pid_m, pid_n = _grouped(tile - b * tiles_m * tiles_n, tiles_m, tiles_n, GROUP_M)
+    return b, pid_m, pid_n
 
 
 @triton.jit
