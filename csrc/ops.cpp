@@ -36,19 +36,36 @@ TORCH_LIBRARY(scc, m) {
         "Tensor flow, Tensor argmax, Tensor lse) -> (Tensor, Tensor)");
 }
 
+namespace {
+// The CPU kernels compute in fp32 / fp64 whatever autocast region they are called from: without this guard their
+// own at::mm / at::bmm calls were autocast to bf16 (correlation lost precision, fused_match failed on the mixed
+// dtypes). The CUDA kernels call no op that autocast casts; the Triton launchers turn it off around theirs.
+template <auto F>
+struct NoAutocast;
+template <typename R, typename... A, R (*F)(A...)>
+struct NoAutocast<F> {
+  static R call(A... args) {
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+    return F(std::forward<A>(args)...);
+  }
+};
+}  // namespace
+
+#define SCC_CPU_IMPL(op) m.impl(#op, &NoAutocast<&scc::cpu::op>::call)
+
 TORCH_LIBRARY_IMPL(scc, CPU, m) {
-  m.impl("correlation", &scc::cpu::correlation);
-  m.impl("correlation_backward", &scc::cpu::correlation_backward);
-  m.impl("mutual_nn", &scc::cpu::mutual_nn);
-  m.impl("mutual_nn_backward", &scc::cpu::mutual_nn_backward);
-  m.impl("conv4d", &scc::cpu::conv4d);
-  m.impl("conv4d_backward", &scc::cpu::conv4d_backward);
-  m.impl("masked_vote", &scc::cpu::masked_vote);
-  m.impl("masked_vote_backward", &scc::cpu::masked_vote_backward);
-  m.impl("calibrate", &scc::cpu::calibrate);
-  m.impl("calibrate_backward", &scc::cpu::calibrate_backward);
-  m.impl("soft_argmax", &scc::cpu::soft_argmax);
-  m.impl("soft_argmax_backward", &scc::cpu::soft_argmax_backward);
-  m.impl("fused_match", &scc::cpu::fused_match);
-  m.impl("fused_match_backward", &scc::cpu::fused_match_backward);
+  SCC_CPU_IMPL(correlation);
+  SCC_CPU_IMPL(correlation_backward);
+  SCC_CPU_IMPL(mutual_nn);
+  SCC_CPU_IMPL(mutual_nn_backward);
+  SCC_CPU_IMPL(conv4d);
+  SCC_CPU_IMPL(conv4d_backward);
+  SCC_CPU_IMPL(masked_vote);
+  SCC_CPU_IMPL(masked_vote_backward);
+  SCC_CPU_IMPL(calibrate);
+  SCC_CPU_IMPL(calibrate_backward);
+  SCC_CPU_IMPL(soft_argmax);
+  SCC_CPU_IMPL(soft_argmax_backward);
+  SCC_CPU_IMPL(fused_match);
+  SCC_CPU_IMPL(fused_match_backward);
 }

@@ -35,17 +35,28 @@ def _nt(t: torch.Tensor):
     return t.shape[3] * t.shape[4] if t.dim() == 5 else t.shape[2]
 
 
+def _one_device(**tensors) -> None:
+    """The kernels' device check, in the fake kernels too: a CPU tensor with a meta one dispatches here, and
+    without it got an uninitialised CPU result."""
+    (n0, t0), *rest = [(n, t) for n, t in tensors.items() if t is not None]
+    for n, t in rest:
+        if t.device != t0.device:
+            raise ValueError(f"scc: `{n0}` and `{n}` must be on the same device, got {t0.device} and {t.device}")
+
+
 # ---- fake kernels -------------------------------------------------------------------------------
 
 
 @_reg_fake("correlation")
 def _(fs, ft, normalize=True, relu=True, eps=1e-6):
+    _one_device(fs=fs, ft=ft)
     torch._check(fs.dim() == 4 and ft.dim() == 4, lambda: "scc: `fs`, `ft` must have shape (B, C, h, w)")
     return fs.new_empty((fs.shape[0], fs.shape[2], fs.shape[3], ft.shape[2], ft.shape[3]))
 
 
 @_reg_fake("correlation_backward")
 def _(grad, fs, ft, normalize, relu, eps):
+    _one_device(grad=grad, fs=fs, ft=ft)
     return _out_like(fs), _out_like(ft)
 
 
@@ -56,39 +67,46 @@ def _(corr, eps=1e-5):
 
 @_reg_fake("mutual_nn_backward")
 def _(grad, corr, eps):
+    _one_device(grad=grad, corr=corr)
     return _out_like(corr)
 
 
 @_reg_fake("conv4d")
 def _(x, weight, bias=None):
+    _one_device(x=x, weight=weight, bias=bias)
     torch._check(x.dim() == 6 and weight.dim() == 6, lambda: "scc: conv4d needs 6-D `x` and `weight`")
     return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:]))
 
 
 @_reg_fake("conv4d_backward")
 def _(grad, x, weight, bias_defined):
+    _one_device(grad=grad, x=x, weight=weight)
     gb = x.new_empty((weight.shape[0],) if bias_defined else (0,))
     return _out_like(x), _out_like(weight), gb
 
 
 @_reg_fake("masked_vote")
 def _(corr, mask_s, mask_t, mode="local", radius=2, sigma=1.0, eps=1e-6):
+    _one_device(corr=corr, mask_s=mask_s, mask_t=mask_t)
     return _out_like(corr)
 
 
 @_reg_fake("masked_vote_backward")
 def _(grad, corr, mask_s, mask_t, mode, radius, sigma, eps):
+    _one_device(grad=grad, corr=corr, mask_s=mask_s, mask_t=mask_t)
     return _out_like(corr), _out_like(mask_s), _out_like(mask_t)
 
 
 @_reg_fake("calibrate")
 def _(corr, g, lam, tau, bin_logit, eps=1e-6):
+    _one_device(corr=corr, g=g, bin_logit=bin_logit)
     b, ns, nt = corr.shape[0], _ns(corr), _nt(corr)
     return corr.new_empty((b, ns, nt)), corr.new_empty((b, ns))
 
 
 @_reg_fake("calibrate_backward")
 def _(grad_P, grad_unmatched, P, P_unmatched, corr, g, lam, tau, eps):
+    _one_device(grad_P=grad_P, grad_unmatched=grad_unmatched, P=P, P_unmatched=P_unmatched, corr=corr, g=g)
     return _out_like(corr), _out_like(g), corr.new_empty(())
 
 
@@ -100,11 +118,13 @@ def _(P, ht, wt, window=-1, beta=1.0):
 
 @_reg_fake("soft_argmax_backward")
 def _(grad_flow, grad_conf, P, flow, ht, wt, window, beta):
+    _one_device(grad_flow=grad_flow, grad_conf=grad_conf, P=P, flow=flow)
     return _out_like(P)
 
 
 @_reg_fake("fused_match")
 def _(fs, ft, tau, window=-1):
+    _one_device(fs=fs, ft=ft)
     b, hs, ws = fs.shape[0], fs.shape[2], fs.shape[3]
     dt = _wide(fs.dtype)
     return (
@@ -117,10 +137,36 @@ def _(fs, ft, tau, window=-1):
 
 @_reg_fake("fused_match_backward")
 def _(grad_flow, grad_conf, fs, ft, tau, window, flow, argmax, lse):
+    _one_device(grad_flow=grad_flow, grad_conf=grad_conf, fs=fs, ft=ft, flow=flow, argmax=argmax, lse=lse)
     return _out_like(fs), _out_like(ft)
 
 
 # ---- autograd -----------------------------------------------------------------------------------
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Runs a backward op; differentiating its result again raises. The backward ops have no derivative
+    of their own, and without this a second derivative (a gradient penalty, gradgradcheck) came out as
+    zero or wrong, with only PyTorch's one-time warning."""
+
+    @staticmethod
+    def forward(ctx, name, fn, *args):
+        ctx.name = name
+        return fn(*args)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"scc: {ctx.name} has no second derivative: double backward (create_graph=True, then a backward "
+            f"through the gradient) is not implemented; use scc_kernels.use_backend('reference') for it")
+
+
+def first_order(name: str, fn, *args):
+    """fn(*args), a backward op's call; guarded when the gradient is itself being recorded (create_graph)."""
+    if torch.is_grad_enabled():
+        return _FirstOrderOnly.apply(name, fn, *args)
+    return fn(*args)
+
 
 
 def _correlation_setup(ctx, inputs, output):
@@ -131,7 +177,7 @@ def _correlation_setup(ctx, inputs, output):
 
 def _correlation_backward(ctx, grad):
     fs, ft = ctx.saved_tensors
-    gfs, gft = ops.correlation_backward(grad, fs, ft, *ctx.args)
+    gfs, gft = first_order("correlation", ops.correlation_backward, grad, fs, ft, *ctx.args)
     return gfs, gft, None, None, None
 
 
@@ -143,7 +189,7 @@ def _mutual_setup(ctx, inputs, output):
 
 def _mutual_backward(ctx, grad):
     (corr,) = ctx.saved_tensors
-    return ops.mutual_nn_backward(grad, corr, ctx.eps), None
+    return first_order("mutual_nn", ops.mutual_nn_backward, grad, corr, ctx.eps), None
 
 
 def _conv4d_setup(ctx, inputs, output):
@@ -154,7 +200,7 @@ def _conv4d_setup(ctx, inputs, output):
 
 def _conv4d_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    gx, gw, gb = ops.conv4d_backward(grad, x, weight, ctx.has_bias)
+    gx, gw, gb = first_order("conv4d", ops.conv4d_backward, grad, x, weight, ctx.has_bias)
     return gx, gw, gb if ctx.has_bias else None
 
 
@@ -166,7 +212,7 @@ def _vote_setup(ctx, inputs, output):
 
 def _vote_backward(ctx, grad):
     corr, mask_s, mask_t = ctx.saved_tensors
-    gc, gs, gt = ops.masked_vote_backward(grad, corr, mask_s, mask_t, *ctx.args)
+    gc, gs, gt = first_order("masked_vote", ops.masked_vote_backward, grad, corr, mask_s, mask_t, *ctx.args)
     return gc, gs, gt, None, None, None, None
 
 
@@ -182,7 +228,7 @@ def _calibrate_backward(ctx, grad_P, grad_u):
     P, Pu, corr, g = ctx.saved_tensors
     grad_P = torch.zeros_like(P) if grad_P is None else grad_P
     grad_u = torch.zeros_like(Pu) if grad_u is None else grad_u
-    gc, gg, gb = ops.calibrate_backward(grad_P, grad_u, P, Pu, corr, g, *ctx.args)
+    gc, gg, gb = first_order("calibrate", ops.calibrate_backward, grad_P, grad_u, P, Pu, corr, g, *ctx.args)
     return gc, gg, None, None, gb.reshape(ctx.bin_shape), None
 
 
@@ -197,7 +243,8 @@ def _soft_argmax_backward(ctx, grad_flow, grad_conf):
     P, flow = ctx.saved_tensors
     grad_flow = torch.zeros_like(flow) if grad_flow is None else grad_flow
     grad_conf = flow.new_zeros(flow.shape[:-1]) if grad_conf is None else grad_conf
-    return ops.soft_argmax_backward(grad_flow, grad_conf, P, flow, *ctx.args), None, None, None, None
+    gP = first_order("soft_argmax", ops.soft_argmax_backward, grad_flow, grad_conf, P, flow, *ctx.args)
+    return gP, None, None, None, None
 
 
 def _fused_setup(ctx, inputs, output):
@@ -213,7 +260,8 @@ def _fused_backward(ctx, grad_flow, grad_conf, _grad_arg, _grad_lse):
     grad_flow = torch.zeros_like(flow) if grad_flow is None else grad_flow
     grad_conf = flow.new_zeros(flow.shape[:-1]) if grad_conf is None else grad_conf
     tau, window = ctx.args
-    gfs, gft = ops.fused_match_backward(grad_flow, grad_conf, fs, ft, tau, window, flow, argmax, lse)
+    gfs, gft = first_order("fused_match", ops.fused_match_backward, grad_flow, grad_conf, fs, ft, tau, window, flow,
+                           argmax, lse)
     return gfs, gft, None, None
 
 

@@ -121,7 +121,7 @@ def fused_match_triton_backward(grad_flow: torch.Tensor, grad_conf: torch.Tensor
 
 def _correlation_triton_grad(ctx, grad):
     fs, ft = ctx.saved_tensors
-    gfs, gft = torch.ops.scc.correlation_triton_backward(grad, fs, ft, *ctx.args)
+    gfs, gft = _ops.first_order("correlation", torch.ops.scc.correlation_triton_backward, grad, fs, ft, *ctx.args)
     return gfs, gft, None, None, None
 
 
@@ -130,7 +130,8 @@ def _fused_triton_grad(ctx, grad_flow, grad_conf, _grad_arg, _grad_lse):
     grad_flow = torch.zeros_like(flow) if grad_flow is None else grad_flow
     grad_conf = flow.new_zeros(flow.shape[:-1]) if grad_conf is None else grad_conf
     tau, window = ctx.args
-    gfs, gft = torch.ops.scc.fused_match_triton_backward(grad_flow, grad_conf, fs, ft, tau, window, flow, argmax, lse)
+    gfs, gft = _ops.first_order("fused_match", torch.ops.scc.fused_match_triton_backward, grad_flow, grad_conf, fs, ft,
+                                 tau, window, flow, argmax, lse)
     return gfs, gft, None, None
 
 

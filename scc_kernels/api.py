@@ -76,6 +76,12 @@ def _tensor(x, name: str) -> torch.Tensor:
     return x
 
 
+def _cast(x, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """A mask or bin logit in the volume's dtype, as the kernels take it (differentiable: the gradient reaches x
+    in x's own dtype)."""
+    return _tensor(x, name).to(dtype)
+
+
 def correlation(
     fs: torch.Tensor, ft: torch.Tensor, normalize: bool = True, relu: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -124,18 +130,16 @@ def masked_vote(
 ) -> torch.Tensor:
     """Masked correspondence voting (METHOD.md, stage 3.4), normalised by its per-item maximum.
 
-    corr: (B, hs, ws, ht, wt), mask_s: (B, hs, ws), mask_t: (B, ht, wt) (None: all ones)
-    -> g: (B, hs, ws, ht, wt). ``mode``: "local" (offset consensus of neighbouring source cells
-    within ``radius``) or "global" (Hough voting of offsets); Gaussian spreading ``sigma``.
+    corr: (B, hs, ws, ht, wt), mask_s: (B, hs, ws), mask_t: (B, ht, wt) (None: all ones; bool, integer or
+    float masks are cast to corr's dtype) -> g: (B, hs, ws, ht, wt). ``mode``: "local" (offset consensus of
+    neighbouring source cells within ``radius``) or "global" (Hough voting of offsets); Gaussian spreading ``sigma``.
     """
     corr = _tensor(corr, "corr")
     if corr.dim() != 5:
         raise ValueError(f"scc: `corr` must have shape (B, hs, ws, ht, wt), got {tuple(corr.shape)}")
     b, hs, ws, ht, wt = corr.shape
-    if mask_s is None:
-        mask_s = corr.new_ones((b, hs, ws))
-    if mask_t is None:
-        mask_t = corr.new_ones((b, ht, wt))
+    mask_s = corr.new_ones((b, hs, ws)) if mask_s is None else _cast(mask_s, "mask_s", corr.dtype)
+    mask_t = corr.new_ones((b, ht, wt)) if mask_t is None else _cast(mask_t, "mask_t", corr.dtype)
     if _use_reference("masked_vote", corr):
         check_scalars(radius=radius, sigma=sigma, eps=eps)
         return R.masked_vote(corr, mask_s, mask_t, mode, radius, sigma, eps)
@@ -154,12 +158,15 @@ def calibrate(
 
     corr, g: (B, hs, ws, ht, wt) or (B, Ns, Nt) -> P: (B, Ns, Nt), P_unmatched: (B, Ns).
     P = softmax over j and the bin of ((log(corr + eps) + lam log(g + eps)) / tau, bin_logit).
-    ``bin_logit``: a learnable 0-dim tensor, a float, or None for no bin (P_unmatched = 0).
+    ``bin_logit``: a learnable 0-dim tensor (cast to corr's dtype: an fp32 parameter works with a bf16 volume),
+    a float, or None for no bin (P_unmatched = 0).
     """
     corr = _tensor(corr, "corr")
     if bin_logit is None:
         bin_logit = -math.inf
-    if not isinstance(bin_logit, torch.Tensor):
+    if isinstance(bin_logit, torch.Tensor):
+        bin_logit = _cast(bin_logit, "bin_logit", corr.dtype)
+    else:
         # checked while it is a host number: a CUDA kernel reads the tensor on the device, unchecked (no sync)
         check_scalars(bin_logit=float(bin_logit))
         bin_logit = torch.tensor(float(bin_logit), dtype=corr.dtype, device=corr.device)

@@ -37,7 +37,11 @@ def vol(*shape, dtype=torch.float32):
         (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), mode="hough"), r"`mode` must be 'local' or 'global', got 'hough'"),
         (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), radius=-1), r"`radius` must be >= 0"),
         (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), sigma=0.0), r"`sigma` must be a positive"),
-        (lambda: K.masked_vote(vol(2, 3, 4, 5, 6), torch.rand(2, 3, 4, dtype=F64), None), r"`corr` and `mask_s` must have the same dtype"),
+        # the ops take masks and bin_logit in corr's dtype only (the API casts them: test_api_casts_masks_and_bin_logit)
+        (lambda: torch.ops.scc.masked_vote(vol(2, 3, 4, 5, 6), torch.rand(2, 3, 4, dtype=F64), torch.rand(2, 5, 6), "local", 2, 1.0, 1e-6),
+         r"`corr` and `mask_s` must have the same dtype"),
+        (lambda: torch.ops.scc.calibrate(vol(2, 3, 4), vol(2, 3, 4), 1.0, 0.1, torch.tensor(0.0, dtype=F64), 1e-6),
+         r"`corr` and `bin_logit` must have the same dtype"),
         (lambda: K.calibrate(vol(2, 3, 4), vol(2, 3, 5)), r"`g` must have the shape of `corr`"),
         (lambda: K.calibrate(vol(2, 3, 4), vol(2, 3, 4), tau=0.0), r"`tau` must be a positive"),
         (lambda: K.calibrate(vol(2, 3, 4), vol(2, 3, 4), bin_logit=torch.zeros(2)), r"`bin_logit` must be a scalar tensor"),
@@ -56,6 +60,29 @@ def test_bad_input_message(call, match):
 def test_bad_input_is_value_error():
     with pytest.raises(ValueError):
         K.correlation(torch.randn(2, 4, 3, 3), torch.randn(3, 4, 3, 3))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_api_casts_masks_and_bin_logit(backend):
+    """The API takes bool, uint8 or float masks and an fp32 bin_logit parameter with a volume of another dtype (the
+    ops take corr's dtype only): the same result as masks and bin in corr's dtype, the gradient in z's dtype."""
+    c, g = vol(2, 3, 4, 5, 6, dtype=F64), vol(2, 3, 4, 5, 6, dtype=F64)
+    ms, mt = torch.rand(2, 3, 4) > 0.3, torch.rand(2, 5, 6) > 0.3
+    with K.use_backend(backend):
+        want = K.masked_vote(c, ms.to(F64), mt.to(F64))
+        torch.testing.assert_close(K.masked_vote(c, ms, mt), want)
+        torch.testing.assert_close(K.masked_vote(c, ms.to(torch.uint8), mt.float()), want)
+        z = torch.tensor(0.3, requires_grad=True)  # a float32 parameter
+        z64 = torch.tensor(0.3, dtype=F64, requires_grad=True)
+        _, pu = K.calibrate(c, g, 1.0, 0.1, z)
+        _, pu64 = K.calibrate(c, g, 1.0, 0.1, z64)
+        torch.testing.assert_close(pu, pu64)
+        pu.sum().backward()
+        pu64.sum().backward()
+        assert z.grad.dtype == torch.float32
+        torch.testing.assert_close(z.grad, z64.grad.float())
+        P, _ = K.calibrate(c.to(torch.bfloat16), g.to(torch.bfloat16), 1.0, 0.1, z)  # autocast's bf16 volume
+        assert P.dtype == torch.bfloat16 and torch.isfinite(P.float()).all()
 
 
 def test_non_contiguous_inputs_are_accepted():

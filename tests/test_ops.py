@@ -89,6 +89,20 @@ def test_mutual_nn(shape, dtype, flat):
     check_grads(K.mutual_nn, R.mutual_nn, [c.requires_grad_()], dtype)
 
 
+@pytest.mark.parametrize("scale", [1e13, 1e30, 1e-14])
+def test_mutual_nn_float32_range(scale):
+    """C^3 is never formed: above 7e12 it overflows float32 (inf came out), below 1e-13 it flushes to 0."""
+    c = volume(2, 3, 2, 4, 3, dtype=torch.float32) * scale
+    c64 = c.double().requires_grad_()
+    ref = R.mutual_nn(c64, 1e-5 * scale)
+    ref.backward(torch.ones_like(ref))
+    c.requires_grad_()
+    out = K.mutual_nn(c, 1e-5 * scale)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(c.grad.double(), c64.grad, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("cin,cout,k,bias", [(1, 4, 3, True), (3, 1, 3, False), (2, 5, 5, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("b,dims", [(1, (3, 5, 7, 4)), (3, (2, 3, 3, 6))])
@@ -511,6 +525,51 @@ def test_opcheck(name, args):
     torch.library.opcheck(getattr(ops, name).default, args)
 
 
+@pytest.mark.parametrize("name,args", _opcheck_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_double_backward_raises(name, args):
+    """A second derivative through an op raises, naming the op (its backward ops have no derivative; it used to
+    come out zero or wrong behind a one-time warning); the gradient taken with create_graph=True is the plain one."""
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def loss():
+        outs = getattr(ops, name)(*args)
+        return sum((o**2).sum() for o in (outs if isinstance(outs, tuple) else (outs,)) if o.requires_grad)
+
+    plain = torch.autograd.grad(loss(), leaves, allow_unused=True)
+    graded = torch.autograd.grad(loss(), leaves, create_graph=True, allow_unused=True)
+    for a, b in zip(plain, graded):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    with pytest.raises(NotImplementedError, match=f"scc: {name} has no second derivative"):
+        sum(g.sum() for g in graded if g is not None).backward()
+
+
+@pytest.mark.parametrize("name,args", _opcheck_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_kernels_ignore_autocast(name, args):
+    """In a bf16 autocast region the CPU kernels compute as outside it, forward and backward: their own at::bmm calls
+    used to be autocast (correlation lost precision; fused_match failed on the mixed dtypes)."""
+    args = [a.detach().float().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args]
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def run():
+        outs = getattr(ops, name)(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        grads = torch.autograd.grad(sum((o**2).sum() for o in outs if o.requires_grad), leaves, allow_unused=True)
+        return [o.detach() for o in outs] + [g for g in grads if g is not None]
+
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = run()
+    for a, b in zip(plain, auto, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_double_backward_reference_backend():
+    """The error's advice: the reference backend has second derivatives."""
+    c = volume(1, 2, 3, 3, 2, grad=True)
+    with K.use_backend("reference"):
+        assert torch.autograd.gradgradcheck(K.mutual_nn, (c,), **GRADCHECK)
+
+
 # ---- torch.compile ----------------------------------------------------------------------------------
 
 
@@ -640,10 +699,22 @@ def test_nan_feature_propagates(backend, dtype):
     with K.use_backend(backend):
         assert_nan_like(K.correlation(fs, ft), ref_corr)
         for window in (-1, 1):
-            flow, conf, _ = K.fused_match(fs, ft, 0.1, window)
-            rflow, rconf, _ = R.fused_match(fs.double(), ft.double(), 0.1, window)
+            flow, conf, arg = K.fused_match(fs, ft, 0.1, window)
+            rflow, rconf, rarg = R.fused_match(fs.double(), ft.double(), 0.1, window)
             assert_nan_like(conf, rconf)
             assert_nan_like(flow, rflow)
+            assert torch.equal(arg, rarg)
+        # a NaN target feature: every row has a NaN logit, so the reference's softmax rows are all NaN (argmax 0),
+        # also where the window around the largest number holds no NaN
+        ft_nan = ft.clone()
+        ft_nan[0, 1, 2, 1] = float("nan")
+        for window in (-1, 0, 1):
+            flow, conf, arg = K.fused_match(fs, ft_nan, 0.1, window)
+            rflow, rconf, rarg = R.fused_match(fs.double(), ft_nan.double(), 0.1, window)
+            assert torch.isnan(rflow[0]).all() and torch.isnan(rconf[0]).all()
+            assert_nan_like(flow, rflow)
+            assert_nan_like(conf, rconf)
+            assert torch.equal(arg, rarg)
         P = torch.softmax(torch.randn(2, 6, 12, dtype=dtype), dim=2)
         P[0, 4] = float("nan")  # a NaN window mass stays NaN (the argmax-cell fallback is for mass 0)
         P[1, 2, 7] = float("nan")  # one NaN cell: the row's argmax (torch.argmax's rule), its flow NaN
@@ -652,6 +723,12 @@ def test_nan_feature_propagates(backend, dtype):
             rflow, rconf = R.soft_argmax(P.double(), 3, 4, window)
             assert_nan_like(flow, rflow)
             assert_nan_like(conf, rconf)
+    # the kernel's backward takes the forward's window, around the NaN: with window 0 only that cell gets a gradient
+    # (the reference's window mask spreads the NaN over the whole row, 0 * NaN)
+    Pg = P.clone().requires_grad_()
+    sum(o.sum() for o in K.soft_argmax(Pg, 3, 4, 0)).backward()
+    g = Pg.grad[1, 2]
+    assert torch.isnan(g[7]) and (g[torch.arange(12) != 7] == 0).all(), g
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])

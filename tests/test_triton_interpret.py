@@ -223,6 +223,15 @@ def _run_nan() -> dict:
         flow, conf, _, lse = fused_match_fwd(fs, ft, 0.1, window, **MATCH_BLOCKS, RESIDENT_C=0)
         rflow, rconf, _ = reference.fused_match(fs.double(), ft.double(), 0.1, window)
         out[f"match{window}"] = same(flow, rflow) and same(conf, rconf) and same(lse, rconf.flatten(1))
+    # a NaN target feature: a NaN logit in every row of its item, whose reference softmax rows are all NaN (argmax
+    # 0), also where the window around the largest number holds no NaN
+    fs, ft = _inputs("float32", 1, seed=9, zero_rows=False)
+    ft[0, 2, 1, 3] = float("nan")
+    for window in (-1, 0, 1):
+        flow, conf, arg, _ = fused_match_fwd(fs, ft, 0.1, window, **MATCH_BLOCKS, RESIDENT_C=0)
+        rflow, rconf, rarg = reference.fused_match(fs.double(), ft.double(), 0.1, window)
+        out[f"target_nan{window}"] = (bool(torch.isnan(rflow[0]).all()) and same(flow, rflow) and same(conf, rconf)
+                                      and torch.equal(arg.view(rarg.shape), rarg))
     return out
 
 
@@ -373,14 +382,16 @@ def test_fused_match_float32_small_tau_interpret():
     """float32 forward and gradients at tau = 0.05 (scc's default), 0.01 and 0.004 within twice PyTorch's float32
     error (sums over eight inputs). The backward's probabilities were normalised by the saved lse alone, rounded
     to float32 at the magnitude of 1 / tau, and rounded their logits unlike the statistics pass: 3.6-11x at
-    tau = 0.01. With a window at tau = 0.05, no more than PyTorch's own error (as the CPU kernel): the window's
-    flow sums were taken in grid coordinates, 1.5-1.9x there (2.2-2.5x on the H100, GPU run 3)."""
+    tau = 0.01. With a window at tau = 0.05, within 1.4x PyTorch's error: the window's flow sums were taken in grid
+    coordinates, 1.5-1.9x there (1.58-1.95x on a 2-core AVX2 machine; 2.2-2.5x on the H100, GPU run 3); now at
+    most 0.8x on an AVX-512 machine and 1.13x on the AVX2 one (numpy's and PyTorch's float32 rounding follow the
+    CPU's vector ISA, so 1x failed there)."""
     res = _interpret("--precision")
     # not max(...) > 2: max() passes over a NaN
     bad = {case: ratios for case, ratios in res.items() if not all(r <= 2.0 for r in ratios.values())}
     assert not bad, bad
     windowed = {case: ratios for case, ratios in res.items() if case.startswith("tau0.05 window") and
-                not case.endswith("window-1") and not all(r <= 1.0 for r in ratios.values())}
+                not case.endswith("window-1") and not all(r <= 1.4 for r in ratios.values())}
     assert not windowed, windowed
 
 

@@ -362,6 +362,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
           ls[r] = static_cast<T>(m[ii] + std::log(s[ii]));
           cf[r] = static_cast<T>(1 / s[ii]);  // exp(max logit - lse)
           am[r] = best[ii];
+          if (s[ii] != s[ii]) {  // a NaN logit (NaN or inf feature): the reference's softmax row is all NaN,
+            am[r] = 0;           // so its argmax is the first cell and flow is NaN, windowed or not
+            fl[2 * r] = fl[2 * r + 1] = std::numeric_limits<T>::quiet_NaN();
+            continue;
+          }
           if (window < 0) {
             fl[2 * r] = static_cast<T>(sx[ii] / s[ii]);
             fl[2 * r + 1] = static_cast<T>(sy[ii] / s[ii]);

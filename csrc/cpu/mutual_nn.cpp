@@ -115,7 +115,7 @@ at::Tensor mutual_nn(const at::Tensor& corr_in, double eps) {
         scalar_t* orow = o + r * Nt;
         for (int64_t j = 0; j < Nt; ++j) {
           const scalar_t v = row[j];
-          orow[j] = v * v * v * inv_row / (cm[j] + e);
+          orow[j] = v * (v * inv_row) * (v / (cm[j] + e));  // v^3 first would overflow fp32 from 7e12
         }
       }
     });
@@ -157,7 +157,7 @@ at::Tensor mutual_nn_backward(const at::Tensor& grad_in, const at::Tensor& corr_
           scalar_t rs = 0;
           for (int64_t j = 0; j < Nt; ++j) {
             const scalar_t v = crow[j], ic = scalar_t(1) / (cm[j] + e);
-            const scalar_t gv = grow[j] * v * v * ir * ic;  // G * C^2 / den
+            const scalar_t gv = grow[j] * (v * ir) * (v * ic);  // G * C^2 / den, without forming C^2
             orow[j] = 3 * gv;
             rs -= gv * v * ir;
             pc[j] -= gv * v * ic;

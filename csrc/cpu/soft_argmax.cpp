@@ -98,7 +98,7 @@ at::Tensor soft_argmax_backward(const at::Tensor& gflow_in, const at::Tensor& gc
         const scalar_t* row = p + r * Nt;
         scalar_t* grow = g + r * Nt;
         std::fill(grow, grow + Nt, scalar_t(0));
-        const int64_t arg = std::max_element(row, row + Nt) - row;
+        const int64_t arg = first_max(row, row + Nt) - row;  // the forward's argmax (NaN first)
         const Window w = window_of(arg, ht, wt, window);
         scalar_t s = 0;
         for (int64_t y = w.r0; y <= w.r1; ++y)

@@ -211,7 +211,7 @@ __global__ void mnn_backward_kernel(const scalar_t* __restrict__ g, const scalar
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.y;
   if (row >= rows) return;
   const int64_t b = row / ns, i = row - b * ns;
-  const acc_t rden = rmax[row] + eps;
+  const acc_t rinv = acc_t(1) / (rmax[row] + eps);
   const int64_t ra = rarg[row];
   const acc_t rt = rterm[row];
   for (int64_t j = static_cast<int64_t>(threadIdx.x) * V; j < nt; j += kWarp * V) {
@@ -222,7 +222,7 @@ __global__ void mnn_backward_kernel(const scalar_t* __restrict__ g, const scalar
     for (int u = 0; u < V; ++u) {
       const int64_t jj = j + u, bj = b * nt + jj;
       const acc_t xv = static_cast<acc_t>(x[u]);
-      acc_t r = static_cast<acc_t>(gv[u]) * 3 * xv * xv / ((cmax[bj] + eps) * rden);
+      acc_t r = static_cast<acc_t>(gv[u]) * 3 * (xv * rinv) * (xv / (cmax[bj] + eps));  // C^2 unformed: no overflow
       if (carg[bj] == i) r += cterm[bj];
       if (jj == ra) r += rt;
       y[u] = static_cast<scalar_t>(r);

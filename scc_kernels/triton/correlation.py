@@ -470,8 +470,10 @@ def correlation_bwd(grad: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, norm
         ft3p.stride(1), g3.stride(0), g3.stride(1), eps, NORMALIZE=normalize, RELU=relu, **cfg,
     )
     fs32, ft32 = fs3.float(), ft3.float()
-    grad_fs = torch.bmm(ft32, A.transpose(1, 2))  # (B, C, Ns)
-    grad_ft = torch.bmm(fs32, A)  # (B, C, Nt)
+    # fp32 whatever autocast region the backward runs in (a bf16 autocast training step would make these bf16)
+    with torch.autocast(fs.device.type, enabled=False):
+        grad_fs = torch.bmm(ft32, A.transpose(1, 2))  # (B, C, Ns)
+        grad_ft = torch.bmm(fs32, A)  # (B, C, Nt)
     if normalize:
         # fs_i / a_i: terms with a_i = 0 have fs_i = 0 and drop out.
         ka = torch.where(na > 0, rowq.sum(1) / na, torch.zeros_like(na))

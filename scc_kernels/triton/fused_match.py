@@ -186,7 +186,8 @@ def _fused_match_fwd_kernel(
         l2 = _relu(_cosine(d, na[:, None], nb[None, :], eps)) * scale
         l2 = tl.where(mask_n[None, :], l2, float("-inf"))
         # The running max and argmax skip NaN logits (a NaN feature): they still reach the sums below and make
-        # the row's outputs NaN, while m stays a number (and the interpreter's argmax refuses all-NaN rows).
+        # the row's outputs NaN (argmax 0, as the reference's: below), while m stays a number (and the
+        # interpreter's argmax refuses all-NaN rows).
         l2max = tl.where(l2 == l2, l2, float("-inf"))
         tmax = tl.max(l2max, axis=1)
         # Strict '>' across tiles and tie_break_left within one keep the first index of the maximum.
@@ -211,6 +212,12 @@ def _fused_match_fwd_kernel(
     else:
         fx = sx / l
         fy = sy / l
+    # A NaN logit made l NaN: the reference's softmax row is then all NaN, its argmax the first cell and its
+    # flow NaN, also where the window around the running argmax (NaN skipped) holds no NaN.
+    nan_row = l != l
+    arg = tl.where(nan_row, 0, arg)
+    fx = tl.where(nan_row, float("nan"), fx)
+    fy = tl.where(nan_row, float("nan"), fy)
     row_off = pid_b * Ns + offs_m
     tl.store(flow_ptr + 2 * row_off, fx, mask=mask_m)
     tl.store(flow_ptr + 2 * row_off + 1, fy, mask=mask_m)
