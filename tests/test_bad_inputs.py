@@ -57,6 +57,19 @@ def test_bad_input_message(call, match):
         call()
 
 
+def test_mixed_cpu_and_meta_devices_are_refused():
+    """A CPU tensor with a meta one dispatches to the fake kernels, which returned an uninitialised CPU result."""
+    meta = lambda t: t.to("meta")  # noqa: E731
+    calls = [lambda: K.correlation(torch.randn(1, 3, 2, 2), meta(torch.randn(1, 3, 2, 2))),
+             lambda: K.conv4d(torch.randn(1, 1, 3, 3, 3, 3), meta(torch.randn(2, 1, 3, 3, 3, 3))),
+             lambda: K.masked_vote(vol(1, 2, 2, 3, 3), meta(torch.rand(1, 2, 2)), None),
+             lambda: K.calibrate(vol(1, 2, 3), meta(vol(1, 2, 3))),
+             lambda: K.fused_match(meta(torch.randn(1, 3, 2, 2)), torch.randn(1, 3, 2, 2))]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"must be on the same device, got (cpu and meta|meta and cpu)"):
+            call()
+
+
 def test_bad_input_is_value_error():
     with pytest.raises(ValueError):
         K.correlation(torch.randn(2, 4, 3, 3), torch.randn(3, 4, 3, 3))
