@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 from . import config as cfgmod
 from .data import KEYPOINT_DATASETS, make_dataset
-from .evaluate import THRESHOLDS, EvalConfig, evaluate, format_table, write_report
+from .evaluate import THRESHOLDS, EvalConfig, evaluate, format_table, parse_device, write_report
 from .model import ModelConfig, SCCNet
 
 
@@ -24,15 +25,29 @@ def _model(args) -> SCCNet:
     return SCCNet(cfgmod.load(ModelConfig, args.model_config, args.set_model))
 
 
+def _prepare_out(path: Path) -> None:
+    """Create --out's folder and check it takes a file now, not after the work is done."""
+    if path.is_dir():
+        raise ValueError(f"scc: --out {path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise ValueError(f"scc: --out {path}: cannot write in its folder {path.parent} ({exc})") from exc
+
+
 def cmd_eval(args) -> int:
     cfg = cfgmod.load(EvalConfig, args.config, args.set, dict(dataset=args.dataset, data=args.data, device=args.device,
                                                             max_pairs=args.max_pairs, img_size=args.img_size,
                                                             threshold=args.threshold))
     torch.manual_seed(cfg.seed)
+    out = Path(args.out or f"results/eval-{cfg.dataset}.json")
+    _prepare_out(out)
+    parse_device(cfg.device)  # before the model and data are loaded (evaluate checks it too)
     model = _model(args)
     report = evaluate(model, make_dataset(cfg.dataset, cfg.data, cfg.img_size, square=cfg.square), cfg)
     report["command"] = " ".join(["scc"] + sys.argv[1:])
-    out = Path(args.out or f"results/eval-{cfg.dataset}.json")
     write_report(report, str(out))
     cfgmod.save_yaml(cfg, out.with_suffix(".eval.yaml"))
     cfgmod.save_yaml(model.config, out.with_suffix(".model.yaml"))
@@ -51,7 +66,8 @@ def cmd_match(args) -> int:
     from .data.common import load_image, resize_longer
     from .visualize import draw_matches, draw_transfer
 
-    device = torch.device(args.device or "cpu")
+    device = parse_device(args.device or "cpu")
+    _prepare_out(Path(args.out))
     model = _model(args).to(device).eval()
     if args.pair is not None:
         if not args.dataset or not args.data:
@@ -59,6 +75,9 @@ def cmd_match(args) -> int:
         from .evaluate import threshold_kind, threshold_size
 
         ds = make_dataset(args.dataset, args.data, args.img_size)
+        if not 0 <= args.pair < len(ds):  # a negative index would silently count from the end
+            raise ValueError(f"scc: --pair {args.pair} is outside the dataset: {args.dataset} at {args.data} has "
+                             f"{len(ds)} pairs (0..{len(ds) - 1})")
         item = ds[args.pair]
         src, trg = item["src_img"], item["trg_img"]
         with torch.no_grad():
@@ -109,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", help=" | ".join(KEYPOINT_DATASETS))
     e.add_argument("--threshold", choices=("auto",) + THRESHOLDS,
                    help="PCK threshold T (default auto: the dataset's standard; bbox-kp for pf-willow, img for "
-                        "pf-pascal and tss, bbox for spair)")
+                        "pf-pascal and tss, bbox for spair; bbox needs annotated boxes: pf-pascal, spair)")
     e.add_argument("--data", help="dataset folder")
     e.add_argument("--config", help="YAML file with EvalConfig fields")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an EvalConfig field")

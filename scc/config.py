@@ -5,7 +5,9 @@ every result."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import types
 import typing
 from pathlib import Path
 
@@ -14,23 +16,42 @@ import yaml
 from .io import atomic_write_text
 
 
-def _coerce(value, current, ftype, key):
-    if isinstance(value, str):
+def _optional(hint):
+    """T for a `T | None` annotation (a field whose default is None), else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and isinstance(args[0], type):
+            return args[0]
+    return None
+
+
+def _coerce(value, current, hint, key):
+    text = value if isinstance(value, str) else None  # as written after `--set key=`
+    if text is not None:
         try:
-            value = yaml.safe_load(value)  # "3" -> 3, "true" -> True, "[1, 2]" -> [1, 2], "null" -> None
+            value = yaml.safe_load(text)  # "3" -> 3, "true" -> True, "[1, 2]" -> [1, 2], "null" -> None
         except yaml.YAMLError:
             pass
     if dataclasses.is_dataclass(current) and isinstance(value, dict):
         return apply_overrides(current, value)
-    if isinstance(current, tuple) and isinstance(value, list):
-        return tuple(value)
-    if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+    want = type(current) if current is not None else _optional(hint)
+    if value is None or want is None:
+        return value
+    if want is str and not isinstance(value, str):
+        # a name or path that YAML reads as a number, a date or a boolean ("2024", "2024-01-01", "on"): as written
+        if text is not None:
+            return text
+        if isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
+            return str(value)  # from a YAML file, where the text is gone
+    if want is tuple and isinstance(value, list):
+        return tuple(_coerce(v, current[0], None, f"{key}[{i}]") for i, v in enumerate(value)) if current else tuple(value)
+    if want is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
             return float(value)  # also "1e-4", which YAML 1.1 reads as a string
         except ValueError:
             pass
-    if current is not None and value is not None and not isinstance(value, type(current)):
-        raise ValueError(f"scc: config key `{key}` expects {type(current).__name__}, got {value!r}")
+    if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):  # True is an int in Python
+        raise ValueError(f"scc: config key `{key}` expects {want.__name__}, got {value!r}")
     return value
 
 
@@ -39,6 +60,7 @@ def apply_overrides(cfg, overrides: dict):
     changes: dict = {}
     nested: dict[str, dict] = {}
     names = {f.name: f for f in dataclasses.fields(cfg)}
+    hints = typing.get_type_hints(type(cfg))
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if head not in names:
@@ -46,7 +68,7 @@ def apply_overrides(cfg, overrides: dict):
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
-            changes[head] = _coerce(value, getattr(cfg, head), names[head].type, key)
+            changes[head] = _coerce(value, getattr(cfg, head), hints[head], key)
     for head, sub in nested.items():
         changes[head] = apply_overrides(changes.get(head, getattr(cfg, head)), sub)
     return dataclasses.replace(cfg, **changes)

@@ -35,12 +35,31 @@ class EvalConfig:
     square: bool = False  # both images resized to img_size x img_size (the field's 240 / 256 px protocols)
     alphas: tuple = (0.05, 0.1, 0.15)
     # auto = the dataset's standard protocol (its reader's `pckthres_kind`): bbox-kp for PF-WILLOW, img for
-    # PF-PASCAL and TSS, bbox for SPair-71k; or one of img | bbox | bbox-kp for every dataset
+    # PF-PASCAL and TSS, bbox for SPair-71k; or one of img | bbox | bbox-kp (bbox only where boxes are
+    # annotated: PF-PASCAL, SPair-71k)
     threshold: str = "auto"
     max_pairs: int = 0  # evaluate at most this many pairs (0 = all)
     every: int = 1  # evaluate every k-th pair (evenly spaced subsets: every=5 is 180 of PF-WILLOW's 900)
     device: str = "cpu"
     seed: int = 0
+
+
+def parse_device(name: str) -> torch.device:
+    """``name`` as a torch.device, refused with a ValueError when this machine lacks it (torch's own
+    RuntimeError comes only when the first tensor is moved there)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"scc: device must be cpu, cuda or cuda:N, got {name!r} ({exc})") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"scc: device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"scc: device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"scc: device {name!r}: MPS is not available on this machine")
+    return device
 
 
 def _reader(dataset):
@@ -69,6 +88,12 @@ def threshold_size(batch: dict, kind: str, i: int = 0) -> float:
     if kind == "img":
         return float(max(batch["trg_img"].shape[-2:]))
     if kind == "bbox":
+        # readers without box annotations fill trg_bbox with the keypoint box (pair_item): refuse, not bbox-kp
+        annotated = batch.get("bbox_annotated")
+        if annotated is not None and not bool(annotated[i]):
+            raise ValueError(f"scc: threshold bbox is the annotated target box, and this dataset has no box "
+                             f"annotations (pair {batch['src_imname'][i]} -> {batch['trg_imname'][i]}); "
+                             f"use bbox-kp (the box of the target's keypoints) or img")
         box = batch["trg_bbox"][i]
     elif kind == "bbox-kp":
         box = kp_box(batch["trg_kps"][i, : int(batch["n_pts"][i])])
@@ -120,11 +145,13 @@ def evaluate(model, dataset, cfg: EvalConfig, progress: bool = True) -> dict:
     """Run ``model`` over ``dataset`` (one pair per step) and return the PCK report (a JSON-able dict)."""
     from .data.common import collate_single
 
-    device = torch.device(cfg.device)
-    model = model.to(device).eval()
-    acc = PCKAccumulator(cfg.alphas)
     if cfg.every < 1:
         raise ValueError(f"scc: EvalConfig.every must be >= 1, got {cfg.every}")
+    if cfg.max_pairs < 0:  # a negative slice end would silently drop pairs from the end
+        raise ValueError(f"scc: EvalConfig.max_pairs (--max-pairs) must be >= 0 (0 = all pairs), got {cfg.max_pairs}")
+    device = parse_device(cfg.device)
+    model = model.to(device).eval()
+    acc = PCKAccumulator(cfg.alphas)
     kind = threshold_kind(cfg.threshold, dataset)
     indices = list(range(0, len(dataset), cfg.every))[: cfg.max_pairs or None]
     n = len(indices)
@@ -132,9 +159,9 @@ def evaluate(model, dataset, cfg: EvalConfig, progress: bool = True) -> dict:
                                          collate_fn=collate_single, num_workers=0)
     t0 = time.time()
     for batch in tqdm(loader, total=n, desc=f"eval {cfg.dataset}", disable=not progress, unit="pair"):
+        thr = threshold_size(batch, kind)  # first: a threshold the data cannot give fails before the model runs
         out = model.match(batch["src_img"].to(device), batch["trg_img"].to(device))
         pred = model.transfer_keypoints(batch["src_kps"].to(device), out).cpu()
-        thr = threshold_size(batch, kind)
         acc.add(batch["category"][0], pck_counts(pred[0], batch["trg_kps"][0], int(batch["n_pts"][0]), thr, cfg.alphas))
     report = acc.summary()
     report["protocol"] = dict(
@@ -159,7 +186,8 @@ def _image_size(dataset, cfg: EvalConfig) -> str:
 
 def format_table(report: dict) -> str:
     alphas = report["protocol"]["alphas"]
-    head = "| category | pairs | " + " | ".join(f"PCK@{a} img / pt" for a in alphas) + " |"
+    # "per image / per point", not "img / pt": `img` is also a threshold's name
+    head = "| category | pairs | " + " | ".join(f"PCK@{a} per image / per point" for a in alphas) + " |"
     lines = [head, "|" + "---|" * (2 + len(alphas))]
     rows = list(report["per_category"].items()) + [("all", report["overall"])]
     for name, r in rows:

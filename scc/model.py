@@ -80,8 +80,11 @@ class NeighConsensus(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(1))
 
     def _f(self, c):
-        x = K.conv4d(c[:, None], self.w1, self.b1).relu()
-        return K.conv4d(x, self.w2, self.b2).relu()[:, 0]
+        # under autocast the volume is bf16/fp16: the weights follow it, as autocast casts a conv's (the
+        # gradient reaches the fp32 parameters)
+        w1, b1, w2, b2 = (p.to(c.dtype) for p in (self.w1, self.b1, self.w2, self.b2))
+        x = K.conv4d(c[:, None], w1, b1).relu()
+        return K.conv4d(x, w2, b2).relu()[:, 0]
 
     def forward(self, corr):  # corr: (B, hs, ws, ht, wt)
         t = corr.permute(0, 3, 4, 1, 2)
@@ -140,6 +143,7 @@ class SCCNet(nn.Module):
                 raise ValueError(f"scc: images must be in [0, 1] (SCCNet applies the backbone's mean/std itself), "
                                  f"got values in [{float(lo):.2f}, {float(hi):.2f}]; pass un-normalised images")
             self._range_checked = True
+        img = img.to(self.backbone.mean.dtype)  # float64 (numpy's / 255.0) or half images: the backbone's dtype
         h, w = math.ceil(img.shape[2] / self.stride), math.ceil(img.shape[3] / self.stride)
         feats = [F.normalize(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False), dim=1)
                  for f in self.backbone(img)]
@@ -230,8 +234,10 @@ class SCCNet(nn.Module):
     def match(self, src_img, trg_img, mask_s=None, mask_t=None) -> dict:
         """Dense matching of a batch of image pairs. Returns a dict with
         ``corr`` (B, hs, ws, ht, wt), ``P`` (B, Ns, Nt) match probabilities (or scores when calibration is
-        off), ``P_unmatched`` (B, Ns) or None, ``flow`` (B, hs, ws, 2) target cells (col, row),
-        ``conf`` (B, hs, ws), and the feature maps ``fs``, ``ft``."""
+        off), ``P_unmatched`` (B, Ns) (zeros without a "no match" bin, None when calibration is off),
+        ``flow`` (B, hs, ws, 2) target cells (col, row), ``conf`` (B, hs, ws), and the feature maps ``fs``, ``ft``.
+        ``mask_s`` (B, hs, ws), ``mask_t`` (B, ht, wt): region masks on the feature grids (cells of ``stride`` px),
+        values in [0, 1], bool or float."""
         return self.match_features(self.features(src_img), self.features(trg_img), mask_s, mask_t)
 
     def match_features(self, fs, ft, mask_s=None, mask_t=None) -> dict:
@@ -261,7 +267,7 @@ class SCCNet(nn.Module):
     def transfer_keypoints(self, src_kps: torch.Tensor, out: dict) -> torch.Tensor:
         """src_kps: (B, N, 2) source pixels (x, y) -> (B, N, 2) target pixels (see ModelConfig.transfer).
         Padded keypoints (the field pads to a fixed N with -1 or -2) come back as some target pixel: use
-        ``n_pts`` to take the first n_pts of each row."""
+        ``n_pts`` to take the first n_pts of each row. NaN (or inf) keypoints come back as NaN."""
         b = out["flow"].shape[0]
         if src_kps.dim() != 3 or src_kps.shape[0] != b or src_kps.shape[2] != 2:
             hint = " (DHPF/CATs keep keypoints as (B, 2, N): pass src_kps.transpose(1, 2))" if (
@@ -270,7 +276,9 @@ class SCCNet(nn.Module):
                              f"{tuple(src_kps.shape)}{hint}")
         # pixel coordinates stay fp32 under autocast (bf16 is 2 px apart between 256 and 512 px)
         with torch.autocast(out["flow"].device.type, enabled=False):
-            return self._transfer(src_kps.float(), out)
+            kps = src_kps.float()
+            bad = ~torch.isfinite(kps).all(-1, keepdim=True)  # NaN padding: NaN out, not an index error
+            return self._transfer(kps.masked_fill(bad, 0.0), out).masked_fill(bad, float("nan"))
 
     def _transfer(self, src_kps: torch.Tensor, out: dict) -> torch.Tensor:
         if self.config.transfer == "flow":
@@ -307,7 +315,10 @@ class SCCNet(nn.Module):
             # weights_only: a checkpoint from someone else must not be able to run code on load
             payload = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:
-            raise ValueError(f"scc: cannot read checkpoint {path}: {exc}") from exc
+            # `scc train`'s last.pt (optimizer and RNG states) is refused by weights_only: say so, not torch's advice
+            hint = (f"; {path} looks like a training state (last.pt, for --resume): the model alone is model.pt "
+                    f"next to it") if "weights_only" in str(exc) else ""
+            raise ValueError(f"scc: cannot read checkpoint {path}{hint or f': {exc}'}") from exc
         if not isinstance(payload, dict) or payload.get("format") != "scc.SCCNet/1":
             raise ValueError(f"scc: {path} is not an SCCNet checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})")
         net = cls(cfgmod.from_dict(ModelConfig, payload["config"]))

@@ -48,6 +48,7 @@ import scc_kernels as K
 from . import config as cfgmod
 from .data.common import load_image
 from .data.imagefolder import scan_classes, to_square_tensor
+from .evaluate import parse_device
 from .io import atomic_write_json, atomic_write_text
 from .losses import matchability
 from .model import ModelConfig, SCCNet
@@ -198,7 +199,7 @@ class PseudoLabeler:
             raise ValueError(f"scc: PseudoLabelConfig.val_frac + test_frac must be in [0, 1), got "
                              f"{cfg.val_frac} + {cfg.test_frac}")
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.device = parse_device(cfg.device)
         if model is None:
             model = SCCNet.from_checkpoint(cfg.checkpoint) if cfg.checkpoint else SCCNet(ModelConfig())
         self.model = model.to(self.device).eval()

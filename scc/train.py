@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from . import config as cfgmod
 from .io import atomic_save, atomic_write_text
+from .evaluate import parse_device
 from .losses import LossConfig, StrongSupervision, WeakSupervision
 from .model import ModelConfig, SCCNet
 
@@ -117,6 +118,17 @@ _NOT_TRAINABLE = {"pf-willow": "has no training split (only the test pairs)",
                   "imagefolder": "has class labels only, no keypoints"}
 
 
+# counts and periods: a 0 batch or period divided by zero mid-run, steps=0 announced a checkpoint it never wrote
+_AT_LEAST = dict(batch_size=1, steps=1, num_pairs=1, img_size=1, ckpt_every=1, log_every=1, proj_init_pairs=1,
+                 max_per_class=0, warmup_steps=0, val_every=0, val_pairs=0, picture_every=0)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    for name, lo in _AT_LEAST.items():
+        if getattr(cfg, name) < lo:
+            raise ValueError(f"scc: TrainConfig.{name} must be >= {lo}, got {getattr(cfg, name)}")
+
+
 def check_train_dataset(cfg: TrainConfig) -> None:
     """Refuse up front (before a model, PCA or feature cache is computed) a dataset `cfg.mode` cannot train on."""
     usable = TRAIN_DATASETS.get(cfg.mode)
@@ -163,6 +175,18 @@ def _same_run(config: dict) -> dict:
                 for k, v in default.items()} | {k: v for k, v in d.items() if k not in default}
 
     return {k: v for k, v in fill(config, cfgmod.to_dict(TrainConfig())).items() if k != "overwrite"}
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for each (nested) key whose value differs."""
+    out = []
+    for k in sorted(old.keys() | new.keys()):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
@@ -245,9 +269,10 @@ class _Loss(torch.nn.Module):
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        check_train_config(cfg)
         check_train_dataset(cfg)
         self.cfg = cfg
-        self.rank, self.world, self.device = _distributed(torch.device(cfg.device))
+        self.rank, self.world, self.device = _distributed(parse_device(cfg.device))
         if self.device.type == "cuda":
             _deterministic_cuda()
         if cfg.batch_size % self.world:
@@ -375,10 +400,17 @@ class Trainer:
             raise FileNotFoundError(f"scc: --resume: no checkpoint at {self.last_path}")
         # on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves weights and optimizer
         # state to the parameters' device
-        state = torch.load(self.last_path, map_location="cpu", weights_only=False)
-        if _same_run(state["config"]) != _same_run(cfgmod.to_dict(self.cfg)):
-            raise ValueError(f"scc: --resume: {self.last_path} was written with another config; resume with the "
-                             f"same config (see {self.out / 'config.yaml'})")
+        try:
+            state = torch.load(self.last_path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or not {"config", "model", "optimizer", "step"} <= state.keys():
+                raise ValueError("not a training state (config, model, optimizer, step)")
+        except Exception as exc:  # truncated or foreign: torch's own message names no file
+            raise ValueError(f"scc: --resume: cannot read {self.last_path} ({type(exc).__name__}: {exc}); "
+                             "scc writes it atomically, so it was cut short or replaced after") from exc
+        diff = _config_diff(_same_run(state["config"]), _same_run(cfgmod.to_dict(self.cfg)))
+        if diff:
+            raise ValueError(f"scc: --resume: {self.last_path} was written with another config ({'; '.join(diff)}); "
+                             f"resume with the same config (see {self.out / 'config.yaml'})")
         if state["config"]["model"].get("unmatched_bin") and "bin_lr" not in state["config"]:
             # written when no loss trained the bin (one optimizer group, no bin term): it cannot continue exactly
             raise ValueError(f"scc: --resume: {self.last_path} was written before the unmatched bin was trained "

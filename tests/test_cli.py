@@ -23,7 +23,8 @@ def test_scc_eval_writes_report_and_configs(tmp_path, capsys):
     assert rep["model"]["config"]["vote_radius"] == 1
     assert out.with_suffix(".eval.yaml").is_file() and out.with_suffix(".model.yaml").is_file()
     assert out.with_suffix(".png").is_file()
-    assert "| duck(S) | 1 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| duck(S) | 1 |" in printed and "PCK@0.1 per image / per point" in printed
 
 
 def test_scc_eval_flags_and_config_fields(tmp_path):
@@ -76,3 +77,35 @@ def test_scc_match_draws_a_picture(tmp_path):
     out2 = tmp_path / "t.png"
     assert main(["match", "--pair", "0", "--dataset", "pf-willow", "--data", str(root), "--out", str(out2)]) == 0
     assert out2.is_file()
+
+
+def test_scc_eval_refusals_come_before_the_work(tmp_path, capsys, monkeypatch):
+    root = write_willow(tmp_path / "willow", size=(96, 64))
+    base = ["eval", "--dataset", "pf-willow", "--data", str(root), "--img-size", "64", "--set-model", "vote_radius=1"]
+    # PF-WILLOW has no boxes: `bbox` used to be the keypoint box under the name bbox
+    assert main(base + ["--threshold", "bbox", "--out", str(tmp_path / "b.json")]) == 2
+    assert "has no box annotations" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
+    assert main(base + ["--max-pairs", "-1", "--out", str(tmp_path / "n.json")]) == 2
+    assert "must be >= 0 (0 = all pairs), got -1" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(base + ["--device", "cuda", "--out", str(tmp_path / "c.json")]) == 2
+    assert "CUDA is not available on this machine" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(base + ["--out", str(tmp_path / "file" / "r.json")]) == 2  # its folder cannot be created
+    assert "cannot write in its folder" in capsys.readouterr().err
+
+
+def test_scc_match_bad_pair_device_and_out(tmp_path, capsys, monkeypatch):
+    root = write_willow(tmp_path / "willow", size=(96, 64))
+    pair = ["match", "--dataset", "pf-willow", "--data", str(root), "--img-size", "64"]
+    for bad in ("5000", "-1"):  # -1 used to draw the last pair
+        assert main(pair + ["--pair", bad, "--out", str(tmp_path / "p.png")]) == 2
+        assert f"--pair {bad} is outside the dataset: pf-willow at {root} has 1 pairs (0..0)" in capsys.readouterr().err
+    out = tmp_path / "sub" / "dir" / "m.png"  # missing folders are created, as eval does
+    assert main(pair + ["--pair", "0", "--out", str(out)]) == 0 and out.is_file()
+    (tmp_path / "file").write_text("")
+    assert main(pair + ["--pair", "0", "--out", str(tmp_path / "file" / "m.png")]) == 2
+    assert "cannot write in its folder" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(pair + ["--pair", "0", "--device", "cuda", "--out", str(out)]) == 2
+    assert "CUDA is not available on this machine" in capsys.readouterr().err

@@ -94,6 +94,21 @@ def test_config_overrides(tmp_path):
         cfgmod.load(ModelConfig, None, ["tau=abc"])
     assert cfgmod.load(ModelConfig, None, ["tau=1e-4"]).tau == 1e-4  # YAML 1.1 reads "1e-4" as a string
     assert cfgmod.from_dict(ModelConfig, cfgmod.to_dict(cfg)) == cfg
+    from scc.evaluate import EvalConfig
+    from scc.train import TrainConfig
+
+    # names and paths that YAML reads as numbers, dates or booleans stay the text given; a file's become text too
+    t = cfgmod.load(TrainConfig, None, ["out=2024", "data=2024-01-01", "val_data=on", "cache_dir=7"])
+    assert (t.out, t.data, t.val_data, t.cache_dir) == ("2024", "2024-01-01", "on", "7")
+    p.write_text("out: 2024\n")
+    assert cfgmod.load(TrainConfig, str(p)).out == "2024"
+    for bad, msg in (("steps=true", "`steps` expects int, got True"), ("steps=1.5", "`steps` expects int"),
+                     ("amp=1", "`amp` expects bool"), ("lr=[1]", "`lr` expects float")):
+        with pytest.raises(ValueError, match=msg):
+            cfgmod.load(TrainConfig, None, [bad])
+    with pytest.raises(ValueError, match=r"`alphas\[1\]` expects float, got 'a'"):
+        cfgmod.load(EvalConfig, None, ["alphas=[0.1, a]"])
+    assert cfgmod.load(EvalConfig, None, ["alphas=[0.1, 1]"]).alphas == (0.1, 1.0)
 
 
 def test_geometry_roundtrip_and_transfer():
@@ -274,6 +289,10 @@ def test_sccnet_for_other_code_bases():
         net.transfer_keypoints(torch.rand(5, 2), out)
     with pytest.raises(ValueError, match="floating point"):
         net.match((src * 255).to(torch.uint8), trg)
+    with torch.no_grad():  # numpy's img / 255.0 is float64; NaN keypoints (a NaN-padded layout) come back NaN
+        torch.testing.assert_close(net.match(src.double(), trg)["flow"], out["flow"])
+        kps = net.transfer_keypoints(torch.tensor([[[10.0, 10.0], [float("nan"), 3.0]]] * 2), out)
+    assert torch.isnan(kps[:, 1]).all() and torch.isfinite(kps[:, 0]).all()
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         net.match((src - mean) / std, trg)
@@ -283,6 +302,24 @@ def test_sccnet_for_other_code_bases():
     assert big.min() < -0.1 and big.max() > 1.1
     with torch.no_grad():
         net.match(big, big)
+
+
+def test_neigh_consensus_under_autocast():
+    """The bf16 volume of autocast meets the fp32 conv4d weights (it failed with a dtype error); their gradient is
+    fp32 and the bf16 result is near the fp32 one."""
+    from scc.model import ModelConfig, SCCNet
+
+    torch.manual_seed(0)
+    net = SCCNet(ModelConfig(backbone_weights=None, neigh_consensus=True, nc_channels=2, proj_dim=8)).eval()
+    src, trg = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 80, 64)
+    with torch.no_grad():
+        full = net.match(src, trg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net.match(src, trg)
+        (low["P"] * torch.rand_like(low["P"])).sum().backward()
+    assert low["flow"].dtype == torch.float32 and net.nc.w1.grad.dtype == torch.float32
+    assert torch.isfinite(net.nc.w1.grad).all() and net.nc.w1.grad.abs().sum() > 0
+    torch.testing.assert_close(low["corr"], full["corr"], atol=0.05, rtol=0.05)
 
 
 def test_checkpoint_loads_for_inference_without_pickle_code(tmp_path):

@@ -20,6 +20,7 @@ from scc.data.pfpascal import PFPascal
 from scc.data.spair import SPair, parse_entry
 from scc.data.synthetic import SyntheticPairs
 from scc.data.tss import TSS, read_flo
+from test_data_model import write_willow
 
 # The shared data folder: $SCC_DATA, else ../shared/data beside the repository (as on CI).
 SHARED = Path(os.environ.get("SCC_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -107,6 +108,43 @@ def test_spair_bad_files(tmp_path):
                                                   category="cat"))
     with pytest.raises(ValueError, match="equal length"):
         SPair(str(root))[0]
+
+
+SPAIR_OK = dict(src_kps=[[1, 1], [5.5, 9]], trg_kps=[[3, 4], [30, 20]], src_bndbox=[0, 0, 10, 10],
+                trg_bndbox=[2, 2, 32, 22], category="cat")
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("trg_bndbox", [100, 80, 0, 0], "`trg_bndbox` must have x1 < x2 and y1 < y2, got \\[100, 80, 0, 0\\]"),
+    ("src_bndbox", [0, 0, 10], "`src_bndbox` must be 4 finite numbers"),
+    ("trg_bndbox", [[2, 2], [32, 22]], "`trg_bndbox` must be 4 finite numbers"),
+    ("trg_bndbox", [2, 2, float("inf"), 22], "`trg_bndbox` must be 4 finite numbers"),
+    ("src_kps", [[float("nan"), 1], [5, 9]], "`src_kps` entry 0 must be an \\[x, y\\] pair of finite numbers"),
+    ("trg_kps", [[3, 4], [None, 20]], "`trg_kps` entry 1 must be an \\[x, y\\] pair"),
+    ("trg_kps", [[[3, 4]], [30, 20]], "`trg_kps` entry 0 must be an \\[x, y\\] pair"),
+    ("src_kps", [[1, 1, 1], [5, 9]], "`src_kps` entry 0 must be an \\[x, y\\] pair"),
+    ("src_kps", [[True, 1], [5, 9]], "`src_kps` entry 0"),
+    ("src_kps", 7, "`src_kps` must be a list of \\[x, y\\] pairs"),
+])
+def test_spair_bad_values_name_the_file_and_field(tmp_path, key, value, match):
+    # these used to load: an inverted or 3-number box gave PCK 0 silently, a NaN keypoint crashed later
+    root = write_spair(tmp_path, ann={**SPAIR_OK, key: value})
+    with pytest.raises(ValueError, match="0-src1-trg1:cat.json: " + match):
+        SPair(str(root))[0]
+    assert SPair(str(write_spair(tmp_path / "ok", ann=SPAIR_OK)), img_size=None)[0]["n_pts"] == 2
+
+
+# ---- PF-WILLOW / PF-PASCAL CSV written by Excel (UTF-8 with a byte-order mark) --------------------
+
+def test_csv_with_byte_order_mark(tmp_path):
+    root = write_willow(tmp_path / "willow")
+    csv_path = root / "test_pairs.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    assert len(make_dataset("pf-willow", str(root))) == 1
+    root = write_pascal(tmp_path / "pascal")
+    csv_path = root / "test_pairs.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    assert PFPascal(str(root)).pairs == [("a.jpg", "b.jpg", "cat")]
 
 
 # ---- TSS ------------------------------------------------------------------------------------------

@@ -109,3 +109,59 @@ def test_report_records_the_threshold_and_size_actually_used():
     assert rep["protocol"]["threshold"] == "bbox-kp" and rep["protocol"]["image_size"].startswith("longer side 48 px")
     rep = evaluate(net, ds, EvalConfig(dataset="synthetic", threshold="img"), progress=False)
     assert rep["protocol"]["threshold"] == "img"
+
+
+def test_bbox_threshold_needs_annotated_boxes():
+    """Readers without boxes fill trg_bbox with the keypoint box: `bbox` must not silently mean bbox-kp."""
+    from scc.data.common import collate_single, pair_item
+    from scc.data.synthetic import SyntheticPairs
+    from scc.evaluate import EvalConfig, evaluate
+    from scc.model import ModelConfig, SCCNet
+    from PIL import Image
+
+    ds = SyntheticPairs(num_classes=2, num_pairs=2, img_size=48, seed=1)
+    net = SCCNet(ModelConfig(backbone_weights=None, vote=False))
+    with pytest.raises(ValueError, match="threshold bbox is the annotated target box, and this dataset has no box "
+                                         "annotations .*use bbox-kp .* or img"):
+        evaluate(net, ds, EvalConfig(dataset="synthetic", threshold="bbox"), progress=False)
+    im, kps = Image.new("RGB", (40, 30)), torch.tensor([[1.0, 2.0], [20.0, 10.0]])
+    with pytest.raises(ValueError, match="threshold bbox needs an annotated target box"):
+        pair_item(im, im, kps, kps, "c", "a", "b", None, pckthres_kind="bbox")
+    # a reader that gives boxes (PF-PASCAL, SPair-71k) keeps `bbox`: the annotated box, not the keypoints'
+    batch = collate_single([pair_item(im, im, kps, kps, "c", "a", "b", None, [0, 0, 10, 10], [0, 0, 30, 25])])
+    assert threshold_size(batch, "bbox") == 30.0 and threshold_size(batch, "bbox-kp") == 19.0
+
+
+def test_negative_max_pairs_and_missing_device_are_refused(monkeypatch):
+    from scc.data.synthetic import SyntheticPairs
+    from scc.evaluate import EvalConfig, evaluate, parse_device
+    from scc.model import ModelConfig, SCCNet
+
+    ds = SyntheticPairs(num_classes=2, num_pairs=4, img_size=32, seed=1)
+    net = SCCNet(ModelConfig(backbone_weights=None, vote=False))
+    # -1 used to evaluate 3 of 4 pairs (a slice end)
+    with pytest.raises(ValueError, match=r"max_pairs \(--max-pairs\) must be >= 0 \(0 = all pairs\), got -1"):
+        evaluate(net, ds, EvalConfig(dataset="synthetic", max_pairs=-1), progress=False)
+    assert parse_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 'gpu'"):
+        parse_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available on this machine"):
+        evaluate(net, ds, EvalConfig(dataset="synthetic", device="cuda"), progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"device 'cuda:2': this machine has 2 CUDA device\(s\) \(cuda:0..cuda:1\)"):
+        parse_device("cuda:2")
+
+
+def test_table_header_does_not_say_img():
+    """`img` is a threshold's name: the averaging columns say per image / per point."""
+    from scc.evaluate import format_table
+
+    acc = PCKAccumulator((0.1,))
+    acc.add("a", {0.1: (1, 2)})
+    rep = acc.summary()
+    rep["protocol"] = dict(alphas=[0.1])
+    table = format_table(rep)
+    assert table.splitlines()[0] == "| category | pairs | PCK@0.1 per image / per point |"
+    assert "| all | 1 | 0.500 / 0.500 |" in table

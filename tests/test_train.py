@@ -47,11 +47,20 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
 
 def test_resume_refuses_another_config(tmp_path):
     T.Trainer(cfg(tmp_path)).run(progress=False, stop_after=3)
-    other = T.Trainer(cfg(tmp_path, "lr=0.5"))
-    with pytest.raises(ValueError, match="another config"):
+    other = T.Trainer(cfg(tmp_path, "lr=0.5", "loss.tau=0.2"))
+    with pytest.raises(ValueError, match=r"another config \(loss\.tau: 0\.05 -> 0\.2; lr: 0\.001 -> 0\.5\)"):
         other.resume()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         T.Trainer(cfg(tmp_path / "empty")).resume()
+    last = tmp_path / "last.pt"
+    with pytest.raises(ValueError, match="looks like a training state .*model.pt"):  # the easy mix-up in `scc eval`
+        SCCNet.from_checkpoint(str(last))
+    last.write_bytes(last.read_bytes()[:1000])  # cut short (a copy that stopped, a full disk outside scc)
+    with pytest.raises(ValueError, match=f"cannot read {re.escape(str(last))} .*cut short"):
+        T.Trainer(cfg(tmp_path)).resume()
+    torch.save({"step": 3}, last)
+    with pytest.raises(ValueError, match="not a training state"):
+        T.Trainer(cfg(tmp_path)).resume()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -104,6 +113,12 @@ def test_cli_train_entry(tmp_path, capsys):
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "config.yaml").is_file()
     assert main(["train", "--set", "nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+    # counts and periods below their range are refused up front (0 divided by zero mid-run; steps=0 announced a
+    # model.pt it never wrote)
+    for bad in ("batch_size=0", "steps=0", "ckpt_every=0", "log_every=0", "val_every=-1"):
+        assert main(["train", *sum((["--set", s] for s in SETS + [f"out={tmp_path / 'x'}", bad]), [])]) == 2
+        assert f"TrainConfig.{bad.split('=')[0]} must be >= " in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_validation_and_tensorboard_scalars(tmp_path):

@@ -74,7 +74,8 @@ def pair_item(src_im, trg_im, src_kps, trg_kps, category, src_name, trg_name, si
     """The field's batch dict for one pair; keypoints and boxes in the resized images' pixels.
     ``square``: resize both images to size x size (training batches) instead of keeping the aspect;
     the scales are then per axis (sx, sy). ``with_images=False`` (square only; e.g. under a feature cache):
-    src_im / trg_im are the images' (w, h) sizes and the item holds no image tensors."""
+    src_im / trg_im are the images' (w, h) sizes and the item holds no image tensors. Without src_bbox /
+    trg_bbox the boxes are the keypoints' and ``bbox_annotated`` is False (the ``bbox`` threshold refuses them)."""
     if not with_images:
         if not square or pckthres_kind == "img":
             raise ValueError("scc: pair_item(with_images=False) needs square=True and a box threshold")
@@ -96,6 +97,11 @@ def pair_item(src_im, trg_im, src_kps, trg_kps, category, src_name, trg_name, si
         raise ValueError(f"scc: pair {src_name} -> {trg_name}: keypoint arrays must both be (N, 2), got "
                          f"{tuple(src_kps.shape)} and {tuple(trg_kps.shape)}")
     n = src_kps.shape[0]
+    # without an annotated target box, trg_bbox below is the keypoint box: `bbox` would silently be bbox-kp
+    bbox_annotated = trg_bbox is not None
+    if pckthres_kind == "bbox" and not bbox_annotated:
+        raise ValueError(f"scc: pair {src_name} -> {trg_name}: threshold bbox needs an annotated target box, and "
+                         f"none was given; use bbox-kp (the box of the target's keypoints) or img")
     box_scale = lambda sc: torch.as_tensor(sc).repeat(2) if torch.is_tensor(sc) else sc  # noqa: E731  (x, y, x, y)
     src_bbox = kp_box(src_kps) if src_bbox is None else torch.as_tensor(src_bbox, dtype=torch.float32) * box_scale(s_scale)
     trg_bbox = kp_box(trg_kps) if trg_bbox is None else torch.as_tensor(trg_bbox, dtype=torch.float32) * box_scale(t_scale)
@@ -106,7 +112,7 @@ def pair_item(src_im, trg_im, src_kps, trg_kps, category, src_name, trg_name, si
         pckthres = float((box[2:] - box[:2]).max())
     item = dict(
         src_kps=pad_kps(src_kps), trg_kps=pad_kps(trg_kps), n_pts=n,
-        src_bbox=src_bbox, trg_bbox=trg_bbox, pckthres=pckthres, category=category,
+        src_bbox=src_bbox, trg_bbox=trg_bbox, bbox_annotated=bbox_annotated, pckthres=pckthres, category=category,
         src_imname=src_name, trg_imname=trg_name, src_imsize=tuple(src_wh), trg_imsize=tuple(trg_wh),
         src_scale=s_scale, trg_scale=t_scale,
     )

@@ -53,7 +53,7 @@ class PFPascal(Dataset):
             raise FileNotFoundError(f"scc: PF-PASCAL pair list not found: {path}")
         self.img_size = img_size
         self.pairs = []
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel starts its CSVs with a BOM
             reader = csv.reader(f)
             header = next(reader, None)
             if not header or len(header) < 3:

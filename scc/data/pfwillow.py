@@ -42,7 +42,7 @@ class PFWillow(Dataset):
     def _read(path: Path) -> list[tuple]:
         expected = ["imageA", "imageB"] + [f"{c}{s}{i}" for s in "AB" for c in "XY" for i in range(1, N_KPS + 1)]
         pairs = []
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel starts its CSVs with a BOM
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or [h.strip() for h in header] != expected:

@@ -10,6 +10,7 @@ The standard threshold is ``bbox`` (target box).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -26,6 +27,12 @@ def parse_entry(entry: str) -> tuple[str, str, str]:
     except ValueError as exc:
         raise ValueError(f"scc: malformed SPair-71k layout entry {entry!r} (expected <idx>-<src>-<trg>:<category>)") from exc
     return src, trg, category
+
+
+def _finite_numbers(v, n: int) -> bool:
+    """v is a list of n finite numbers (JSON reads NaN and Infinity as floats; true / false are not numbers)."""
+    return (isinstance(v, list) and len(v) == n
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
 
 
 class SPair(Dataset):
@@ -60,12 +67,29 @@ class SPair(Dataset):
             ann = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"scc: corrupt JSON {path}: {exc}") from exc
+        if not isinstance(ann, dict):
+            raise ValueError(f"scc: {path}: expected a JSON object, got {type(ann).__name__}")
         for key in ("src_kps", "trg_kps", "src_bndbox", "trg_bndbox", "category"):
             if key not in ann:
                 raise ValueError(f"scc: {path} lacks `{key}`")
+        # values too: a NaN keypoint or an inverted box would otherwise surface later as an obscure
+        # indexing error or a silent PCK of 0
+        for key in ("src_kps", "trg_kps"):
+            if not isinstance(ann[key], list):
+                raise ValueError(f"scc: {path}: `{key}` must be a list of [x, y] pairs, got {ann[key]!r}")
+            for i, kp in enumerate(ann[key]):
+                if not _finite_numbers(kp, 2):
+                    raise ValueError(f"scc: {path}: `{key}` entry {i} must be an [x, y] pair of finite numbers, "
+                                     f"got {kp!r}")
         if len(ann["src_kps"]) != len(ann["trg_kps"]) or not 0 < len(ann["src_kps"]) <= MAX_KPS:
             raise ValueError(f"scc: {path}: src_kps and trg_kps must have equal length in 1..{MAX_KPS}, got "
                              f"{len(ann['src_kps'])} and {len(ann['trg_kps'])}")
+        for key in ("src_bndbox", "trg_bndbox"):
+            box = ann[key]
+            if not _finite_numbers(box, 4):
+                raise ValueError(f"scc: {path}: `{key}` must be 4 finite numbers [x1, y1, x2, y2], got {box!r}")
+            if not (box[0] < box[2] and box[1] < box[3]):
+                raise ValueError(f"scc: {path}: `{key}` must have x1 < x2 and y1 < y2, got {box!r}")
         return ann
 
     def image_keys(self) -> list[str]:
