@@ -7,6 +7,9 @@ traceable by torch.compile (fake kernels: output shapes and dtypes only) and dif
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 
 ops = torch.ops.scc
@@ -14,7 +17,20 @@ _lib = "scc::"
 
 
 def _reg_fake(name):
-    return torch.library.register_fake(_lib + name)
+    """Registers a fake kernel, behind the kernels' device check of its tensor arguments: a CPU tensor with a meta
+    one dispatches to the fake kernel, which without it returned an uninitialised CPU result."""
+    def register(fake):
+        sig = inspect.signature(fake)
+
+        @functools.wraps(fake)
+        def checked(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs).arguments
+            _one_device(**{k: v for k, v in bound.items() if isinstance(v, torch.Tensor)})
+            return fake(*args, **kwargs)
+
+        return torch.library.register_fake(_lib + name)(checked)
+
+    return register
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
@@ -36,9 +52,7 @@ def _nt(t: torch.Tensor):
 
 
 def _one_device(**tensors) -> None:
-    """The kernels' device check, in the fake kernels too: a CPU tensor with a meta one dispatches here, and
-    without it got an uninitialised CPU result."""
-    (n0, t0), *rest = [(n, t) for n, t in tensors.items() if t is not None]
+    (n0, t0), *rest = tensors.items()
     for n, t in rest:
         if t.device != t0.device:
             raise ValueError(f"scc: `{n0}` and `{n}` must be on the same device, got {t0.device} and {t.device}")
@@ -49,14 +63,12 @@ def _one_device(**tensors) -> None:
 
 @_reg_fake("correlation")
 def _(fs, ft, normalize=True, relu=True, eps=1e-6):
-    _one_device(fs=fs, ft=ft)
     torch._check(fs.dim() == 4 and ft.dim() == 4, lambda: "scc: `fs`, `ft` must have shape (B, C, h, w)")
     return fs.new_empty((fs.shape[0], fs.shape[2], fs.shape[3], ft.shape[2], ft.shape[3]))
 
 
 @_reg_fake("correlation_backward")
 def _(grad, fs, ft, normalize, relu, eps):
-    _one_device(grad=grad, fs=fs, ft=ft)
     return _out_like(fs), _out_like(ft)
 
 
@@ -67,46 +79,39 @@ def _(corr, eps=1e-5):
 
 @_reg_fake("mutual_nn_backward")
 def _(grad, corr, eps):
-    _one_device(grad=grad, corr=corr)
     return _out_like(corr)
 
 
 @_reg_fake("conv4d")
 def _(x, weight, bias=None):
-    _one_device(x=x, weight=weight, bias=bias)
     torch._check(x.dim() == 6 and weight.dim() == 6, lambda: "scc: conv4d needs 6-D `x` and `weight`")
     return x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:]))
 
 
 @_reg_fake("conv4d_backward")
 def _(grad, x, weight, bias_defined):
-    _one_device(grad=grad, x=x, weight=weight)
     gb = x.new_empty((weight.shape[0],) if bias_defined else (0,))
     return _out_like(x), _out_like(weight), gb
 
 
 @_reg_fake("masked_vote")
 def _(corr, mask_s, mask_t, mode="local", radius=2, sigma=1.0, eps=1e-6):
-    _one_device(corr=corr, mask_s=mask_s, mask_t=mask_t)
     return _out_like(corr)
 
 
 @_reg_fake("masked_vote_backward")
 def _(grad, corr, mask_s, mask_t, mode, radius, sigma, eps):
-    _one_device(grad=grad, corr=corr, mask_s=mask_s, mask_t=mask_t)
     return _out_like(corr), _out_like(mask_s), _out_like(mask_t)
 
 
 @_reg_fake("calibrate")
 def _(corr, g, lam, tau, bin_logit, eps=1e-6):
-    _one_device(corr=corr, g=g, bin_logit=bin_logit)
     b, ns, nt = corr.shape[0], _ns(corr), _nt(corr)
     return corr.new_empty((b, ns, nt)), corr.new_empty((b, ns))
 
 
 @_reg_fake("calibrate_backward")
 def _(grad_P, grad_unmatched, P, P_unmatched, corr, g, lam, tau, eps):
-    _one_device(grad_P=grad_P, grad_unmatched=grad_unmatched, P=P, P_unmatched=P_unmatched, corr=corr, g=g)
     return _out_like(corr), _out_like(g), corr.new_empty(())
 
 
@@ -118,13 +123,11 @@ def _(P, ht, wt, window=-1, beta=1.0):
 
 @_reg_fake("soft_argmax_backward")
 def _(grad_flow, grad_conf, P, flow, ht, wt, window, beta):
-    _one_device(grad_flow=grad_flow, grad_conf=grad_conf, P=P, flow=flow)
     return _out_like(P)
 
 
 @_reg_fake("fused_match")
 def _(fs, ft, tau, window=-1):
-    _one_device(fs=fs, ft=ft)
     b, hs, ws = fs.shape[0], fs.shape[2], fs.shape[3]
     dt = _wide(fs.dtype)
     return (
@@ -137,7 +140,6 @@ def _(fs, ft, tau, window=-1):
 
 @_reg_fake("fused_match_backward")
 def _(grad_flow, grad_conf, fs, ft, tau, window, flow, argmax, lse):
-    _one_device(grad_flow=grad_flow, grad_conf=grad_conf, fs=fs, ft=ft, flow=flow, argmax=argmax, lse=lse)
     return _out_like(fs), _out_like(ft)
 
 
