@@ -17,6 +17,24 @@ if os.environ.get("SCC_KERNELS_LIB"):
     _sys.modules["scc_kernels._C"] = _types.ModuleType("scc_kernels._C")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--shard", default=None, metavar="I/N",
+                     help="run every N-th collected test from the I-th (0-based): the memory checks split their "
+                          "single-threaded child runs this way (cuda_emu.run_sharded)")
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs
+def pytest_collection_modifyitems(config, items):
+    shard = config.getoption("--shard")
+    if not shard:
+        return
+    i, n = (int(v) for v in shard.split("/"))
+    if not 0 <= i < n:
+        raise pytest.UsageError(f"--shard: expected I/N with 0 <= I < N, got {shard}")
+    config.hook.pytest_deselected(items=[t for k, t in enumerate(items) if k % n != i])
+    items[:] = items[i::n]  # round robin: each shard gets its share of every parametrised test
+
+
 def pytest_report_header(config):
     lines = []
     if os.environ.get("SCC_KERNELS_LIB"):

@@ -38,10 +38,10 @@ def test_cpu_kernels_stay_in_bounds():
     lib = cuda_emu.run_child(["-c", "import test_cpu_memcheck as m; print(m.build())"], asan=True, timeout=1800)
     assert lib.returncode == 0, lib.stderr[-4000:]
     # --capture=sys: the sanitizer writes to file descriptor 2, which pytest's default capture would swallow
-    proc = cuda_emu.run_child(["-m", "pytest", "-x", "-p", "no:cacheprovider", "--capture=sys",
-                               "tests/test_ops.py", "tests/test_bad_inputs.py"],
-                              asan=True, env={"SCC_KERNELS_LIB": lib.stdout.strip().splitlines()[-1]})
-    out = proc.stdout + proc.stderr
-    assert "ERROR: AddressSanitizer" not in out, out[-6000:]
-    assert proc.returncode == 0 and " passed" in proc.stdout, out[-6000:]
-    assert "the kernels of SCC_KERNELS_LIB" in proc.stdout, out[-3000:]  # the instrumented build ran
+    for proc in cuda_emu.run_sharded(["-x", "-p", "no:cacheprovider", "--capture=sys",
+                                      "tests/test_ops.py", "tests/test_bad_inputs.py"],
+                                     asan=True, env={"SCC_KERNELS_LIB": lib.stdout.strip().splitlines()[-1]}):
+        out = proc.stdout + proc.stderr
+        assert "ERROR: AddressSanitizer" not in out, out[-6000:]
+        assert proc.returncode == 0 and " passed" in proc.stdout, out[-6000:]
+        assert "the kernels of SCC_KERNELS_LIB" in proc.stdout, out[-3000:]  # the instrumented build ran

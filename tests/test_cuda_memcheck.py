@@ -25,9 +25,11 @@ def test_cuda_kernels_stay_in_bounds():
     # bf16 left out: the kernels treat it as f16 (same element size, same vector widths and staging), and
     # the instrumented run costs minutes. --capture=sys: the sanitizer writes its report to file
     # descriptor 2, which pytest's default capture would swallow with the process.
-    proc = cuda_emu.run_child(["-m", "pytest", "-x", "-p", "no:cacheprovider", "--capture=sys", "-k", "not bf16",
-                               "tests/test_cuda_ops.py"], asan=True)
-    out = proc.stdout + proc.stderr
-    assert "ERROR: AddressSanitizer" not in out, out[-6000:]
-    assert proc.returncode == 0 and " passed" in proc.stdout, out[-6000:]
-    assert "cuda_emu: AddressSanitizer build" in proc.stdout, out[-3000:]  # the instrumented build ran
+    build = cuda_emu.run_child(["-c", "import cuda_emu; cuda_emu.load(asan=True)"], asan=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    for proc in cuda_emu.run_sharded(["-x", "-p", "no:cacheprovider", "--capture=sys", "-k", "not bf16",
+                                      "tests/test_cuda_ops.py"], asan=True):
+        out = proc.stdout + proc.stderr
+        assert "ERROR: AddressSanitizer" not in out, out[-6000:]
+        assert proc.returncode == 0 and " passed" in proc.stdout, out[-6000:]
+        assert "cuda_emu: AddressSanitizer build" in proc.stdout, out[-3000:]  # the instrumented build ran

@@ -17,8 +17,11 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+import cuda_emu  # cores()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORR_BLOCKS = dict(BLOCK_M=8, BLOCK_N=16, BLOCK_K=4, GROUP_M=2)
@@ -349,13 +352,32 @@ def _interpret(*flags: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# The child run (its flags) behind each test, the slowest first: the children are single-threaded, so the
+# fixture below runs those the selected tests need side by side, one per core.
+CHILD_OF_TEST = {"test_correlation_interpret": "", "test_fused_match_interpret": "",
+                 "test_fused_match_float32_small_tau_interpret": "--precision", "test_triton_ops_interpret": "--ops",
+                 "test_nan_feature_propagates_interpret": "--nan", "test_correlation_tma_interpret": "--tma",
+                 "test_correlation_offsets_64bit": "--offsets"}
+
+
 @pytest.fixture(scope="module")
-def results():
-    return _interpret()
+def children(request):
+    """{flags: a future of _interpret(flags)} for the child runs that this session's tests of this file need."""
+    wanted = {item.originalname for item in request.session.items if item.module is request.module}
+    flags = [f for f in dict.fromkeys(CHILD_OF_TEST.values())
+             if any(CHILD_OF_TEST[name] == f for name in wanted & CHILD_OF_TEST.keys())]
+    with ThreadPoolExecutor(max_workers=cuda_emu.cores()) as pool:
+        yield {f: pool.submit(_interpret, *f.split()) for f in flags}
+        pool.shutdown(cancel_futures=True)
 
 
-def test_triton_ops_interpret():
-    res = _interpret("--ops")
+@pytest.fixture(scope="module")
+def results(children):
+    return children[""].result()
+
+
+def test_triton_ops_interpret(children):
+    res = children["--ops"].result()
     for key in ("out", "grad_fs", "grad_ft"):
         assert res["corr"][key] < TOL["float32"], res["corr"]
     m = res["match"]
@@ -366,19 +388,19 @@ def test_triton_ops_interpret():
         assert res[name]["opcheck"] == ["test_autograd_registration", "test_schema"], res[name]
 
 
-def test_correlation_offsets_64bit():
+def test_correlation_offsets_64bit(children):
     """Ns * Nt >= 2^31 within one batch item: the volume's row offsets must not wrap in int32."""
-    err = _interpret("--offsets")
+    err = children["--offsets"].result()
     assert err["out"] < TOL["float32"] and err["A"] < TOL["float32"], err
 
 
-def test_nan_feature_propagates_interpret():
+def test_nan_feature_propagates_interpret(children):
     """A NaN feature gives NaN where the reference has it (tests/test_ops.py checks the other backends)."""
-    res = _interpret("--nan")
+    res = children["--nan"].result()
     assert all(res.values()), res
 
 
-def test_fused_match_float32_small_tau_interpret():
+def test_fused_match_float32_small_tau_interpret(children):
     """float32 forward and gradients at tau = 0.05 (scc's default), 0.01 and 0.004 within twice PyTorch's float32
     error (sums over eight inputs). The backward's probabilities were normalised by the saved lse alone, rounded
     to float32 at the magnitude of 1 / tau, and rounded their logits unlike the statistics pass: 3.6-11x at
@@ -386,7 +408,7 @@ def test_fused_match_float32_small_tau_interpret():
     coordinates, 1.5-1.9x there (1.58-1.95x on a 2-core AVX2 machine; 2.2-2.5x on the H100, GPU run 3); now at
     most 0.8x on an AVX-512 machine and 1.13x on the AVX2 one (numpy's and PyTorch's float32 rounding follow the
     CPU's vector ISA, so 1x failed there)."""
-    res = _interpret("--precision")
+    res = children["--precision"].result()
     # not max(...) > 2: max() passes over a NaN
     bad = {case: ratios for case, ratios in res.items() if not all(r <= 2.0 for r in ratios.values())}
     assert not bad, bad
@@ -395,9 +417,9 @@ def test_fused_match_float32_small_tau_interpret():
     assert not windowed, windowed
 
 
-def test_correlation_tma_interpret():
+def test_correlation_tma_interpret(children):
     """The persistent TMA kernel (benchmarks/bench_gpu.py's sweep times it on a GPU) against the reference."""
-    err = _interpret("--tma")
+    err = children["--tma"].result()
     errors = err.pop("errors")
     assert set(err) == {_case_id(c) for c in TMA_CASES}
     bad = {case: e for case, e in err.items() if not e < TOL["float16"]}

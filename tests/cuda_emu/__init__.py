@@ -176,6 +176,24 @@ def run_child(argv: list[str], asan: bool, env: dict[str, str] | None = None, ti
                           text=True, timeout=timeout)
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_sharded(argv: list[str], asan: bool, env: dict[str, str] | None = None, timeout: int = 3600):
+    """`python -m pytest *argv` as concurrent children (run_child), each with its `--shard I/N` of the
+    collected tests (tests/conftest.py): the emulator and the sanitized kernels run on one thread, so one child
+    per core (at least 2) shortens the memory checks. Build what they load first: concurrent children would
+    each build it. Returns the children's CompletedProcess in shard order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = max(2, min(4, cores()))
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(lambda i: run_child(["-m", "pytest", *argv, "--shard", f"{i}/{n}"], asan, env, timeout),
+                             range(n)))
+
+
 def real_cuda_kernels() -> bool:
     """A GPU, and an extension built with its CUDA kernels (scc_kernels imported): the real kernels run."""
     return torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("scc::mutual_nn", "CUDA")
