@@ -363,9 +363,9 @@ CHILD_OF_TEST = {"test_correlation_interpret": "", "test_fused_match_interpret":
 @pytest.fixture(scope="module")
 def children(request):
     """{flags: a future of _interpret(flags)} for the child runs that this session's tests of this file need."""
-    wanted = {item.originalname for item in request.session.items if item.module is request.module}
-    flags = [f for f in dict.fromkeys(CHILD_OF_TEST.values())
-             if any(CHILD_OF_TEST[name] == f for name in wanted & CHILD_OF_TEST.keys())]
+    needed = {CHILD_OF_TEST[item.originalname] for item in request.session.items
+              if item.module is request.module and item.originalname in CHILD_OF_TEST}
+    flags = [f for f in dict.fromkeys(CHILD_OF_TEST.values()) if f in needed]  # slowest first
     with ThreadPoolExecutor(max_workers=cuda_emu.cores()) as pool:
         yield {f: pool.submit(_interpret, *f.split()) for f in flags}
         pool.shutdown(cancel_futures=True)
