@@ -3,7 +3,8 @@
 tests/test_cuda_ops.py trusts it to run csrc/cuda/*.cu like a GPU would (for what they compute); here small
 kernels check that trust: a block reduction through warp shuffles, static and dynamic shared memory and
 __syncthreads gives the exact sum; shared memory nobody wrote reads as NaN; a missing barrier shows; a
-barrier that not every live thread can reach is reported; launches a GPU refuses are refused; built with
+barrier that not every live thread can reach is reported; launches a GPU refuses are refused (static and
+dynamic shared memory counted together); built with
 AddressSanitizer, a read past a tensor or past the shared memory is stopped. The launch rewriting is
 checked on text.
 """
@@ -83,6 +84,13 @@ at::Tensor row_sum(const at::Tensor& x) {
   return out;
 }
 
+// row_sum with `smem` bytes of dynamic shared memory (at least the row): beside block_sum's static 128 bytes.
+at::Tensor row_sum_smem(const at::Tensor& x, int64_t smem) {
+  at::Tensor out = at::empty({x.size(0)}, x.options());
+  row_sum_kernel<<<x.size(0), 1024, smem>>>(x.const_data_ptr<float>(), x.size(1), out.mutable_data_ptr<float>());
+  return out;
+}
+
 at::Tensor unwritten_smem() {
   at::Tensor out = at::empty({64}, at::kFloat);
   unwritten_smem_kernel<<<1, 64, 64 * sizeof(float)>>>(out.mutable_data_ptr<float>());
@@ -115,6 +123,7 @@ at::Tensor overrun(const at::Tensor& x, bool shared) {
 
 TORCH_LIBRARY(scc_cuda_emu_selftest, m) {
   m.def("row_sum(Tensor x) -> Tensor", &scc::cuda::row_sum);
+  m.def("row_sum_smem(Tensor x, int smem) -> Tensor", &scc::cuda::row_sum_smem);
   m.def("unwritten_smem() -> Tensor", &scc::cuda::unwritten_smem);
   m.def("deadlock() -> Tensor", &scc::cuda::deadlock);
   m.def("launch(int threads, int grid_y, int smem) -> ()", &scc::cuda::launch);
@@ -166,6 +175,15 @@ def test_launches_a_gpu_refuses_are_refused(ops, threads, grid_y, smem, word):
     ops.launch(1, 65535, 0)
     with pytest.raises(RuntimeError, match=word):
         ops.launch(threads, grid_y, smem)
+
+
+def test_static_and_dynamic_shared_memory_share_the_limit(ops):
+    # A GPU refuses a block whose static and dynamic shared memory together exceed 48 KiB (without an opt-in),
+    # though each fits alone: calibrate's one-block-per-row kernel sized its dynamic buffer to the whole 48 KiB.
+    x = torch.arange(6.0).view(2, 3)
+    torch.testing.assert_close(ops.row_sum_smem(x, 48 * 1024 - 128), x.sum(1))  # block_sum's 32 floats
+    with pytest.raises(RuntimeError, match="128 bytes of static and 49028 bytes of dynamic"):
+        ops.row_sum_smem(x, 48 * 1024 - 124)
 
 
 def test_launch_rewriting():

@@ -266,10 +266,12 @@ def test_calibrate(dtype, b, flat, bin_logit):
     )
 
 
-@pytest.mark.parametrize("nt", [1001, 1024, 12289])
+@pytest.mark.parametrize("nt", [1001, 1024, 6128, 6144, 12272, 12288, 12289])
 def test_calibrate_long_rows(nt):
-    # Rows longer than a block's vector loop (4 x 256), a non-multiple of 4, and (12289, in float64
-    # and float32) rows whose logits do not fit in shared memory: the one-warp-per-row kernel.
+    # Rows longer than a block's vector loop (4 x 256), a non-multiple of 4, and rows whose logits do not fit
+    # in shared memory (the one-warp-per-row kernel): 12289 in both dtypes, 6144 in float64. At 6128 (float64)
+    # and 12272 (float32) the logits and the kernel's static shared memory fill 48 KiB exactly; 12288 float32
+    # logits fill it alone, which a GPU refused (the row kernel's static 64 bytes on top).
     g = _gen(5)
     corr = torch.rand(2, 9, nt, generator=g, dtype=torch.float64)
     gg = torch.rand(2, 9, nt, generator=g, dtype=torch.float64)

@@ -77,7 +77,7 @@ __global__ void calibrate_kernel(const scalar_t* __restrict__ corr, const scalar
 }
 
 constexpr int kRowThreads = 256;
-constexpr int64_t kRowSmem = 48 * 1024;  // bytes of logits per block (no opt-in needed)
+constexpr int64_t kBlockSmem = 48 * 1024;  // static + dynamic shared memory of a block without an opt-in
 
 // One block per row; the logits stay in shared memory between the reduction and the write pass.
 // Each thread reads back only the logits it wrote, so the reduction's barriers are the only ones.
@@ -201,10 +201,13 @@ std::tuple<at::Tensor, at::Tensor> calibrate(const at::Tensor& corr_in, const at
     scalar_t* pp = p.mutable_data_ptr<scalar_t>();
     scalar_t* pup = pu.mutable_data_ptr<scalar_t>();
     const int64_t smem = nt * static_cast<int64_t>(sizeof(acc_t));
+    // the logits share the block's 48 KiB with the row kernel's static wm / ws (a GPU refuses the launch
+    // when the two together exceed it)
+    const bool fits = smem <= kBlockSmem - 2 * (kRowThreads / kWarp) * static_cast<int64_t>(sizeof(acc_t));
     const bool vec = can_vec4<scalar_t>(nt, {cp, gp, pp});
-    if (smem <= kRowSmem && vec) {
+    if (fits && vec) {
       calibrate_row_kernel<scalar_t, acc_t, 4><<<rows, kRowThreads, smem, stream>>>(cp, gp, bp, nt, k, pp, pup);
-    } else if (smem <= kRowSmem) {
+    } else if (fits) {
       calibrate_row_kernel<scalar_t, acc_t, 1><<<rows, kRowThreads, smem, stream>>>(cp, gp, bp, nt, k, pp, pup);
     } else if (vec) {
       calibrate_kernel<scalar_t, acc_t, 4><<<row_grid(rows), row_block(), 0, stream>>>(cp, gp, bp, rows, nt, k, pp, pup);

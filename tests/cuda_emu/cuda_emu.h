@@ -7,8 +7,8 @@
 // memory is filled with 0xff bytes (NaN for floats) before each block, like memory nobody wrote. A
 // barrier that can never be released (divergent __syncthreads, a shuffle some lanes skip) is reported
 // as a deadlock, a shuffle after some lanes of the warp returned as an error. Launch limits are the
-// hardware's (1024 threads, 48 KiB of dynamic shared memory without an opt-in, grid.x <= 2^31 - 1, grid y
-// and z <= 65535). Static __shared__ arrays live in a per-block arena, poisoned like the dynamic ones.
+// hardware's (1024 threads, 48 KiB of static and dynamic shared memory together without an opt-in,
+// grid.x <= 2^31 - 1, grid y and z <= 65535). Static __shared__ arrays live in a per-block arena, poisoned like the dynamic ones.
 // Threads run alone up to their next barrier, in increasing or (every other block) decreasing order, so a
 // missing barrier shows as a read of unwritten or stale data in one of the two orders; races that need
 // finer interleavings, the GPU's FMA contraction and fast math, registers and speed it cannot see.
@@ -104,6 +104,8 @@ struct Exec {
   size_t asan_size = 0;
   std::vector<unsigned char> warp_buf;
   std::unordered_map<const void*, std::unique_ptr<unsigned char[]>> statics;  // static __shared__, per block
+  size_t static_bytes = 0;  // their total: with the dynamic bytes, within the 48 KiB a block gets without opt-in
+  std::string error;  // set by a fiber, thrown by the scheduler
   bool reverse = false;  // run the block's threads from the last to the first (see launch)
   const std::function<void()>* body = nullptr;
 };
@@ -172,8 +174,17 @@ inline unsigned char* dynamic_smem() { return exec()->smem; }
 // with 0xff bytes in every block, like the dynamic shared memory.
 template <typename T>
 T& block_shared(const void* site) {
-  auto& slot = exec()->statics[site];
+  Exec& e = *exec();
+  auto& slot = e.statics[site];
   if (!slot) {
+    // the launch's limit holds for static and dynamic shared memory together: a GPU refuses the launch
+    // (cudaErrorInvalidValue) when their sum exceeds it, though each alone fits
+    // (reported by the scheduler: an exception cannot unwind out of a fiber)
+    e.static_bytes += sizeof(T);
+    if (e.static_bytes + e.smem_bytes > 48 * 1024 && e.error.empty())
+      e.error = "cuda_emu: " + std::to_string(e.static_bytes) + " bytes of static and " +
+                std::to_string(e.smem_bytes) +
+                " bytes of dynamic shared memory exceed the 48 KiB of a block without an opt-in";
     slot.reset(new unsigned char[sizeof(T)]);
     std::memset(slot.get(), 0xff, sizeof(T));
   }
@@ -207,11 +218,13 @@ inline void run_block(Exec& e) {
   }
   if (e.smem_bytes) std::memset(e.smem, 0xff, e.smem_bytes);
   e.statics.clear();
+  e.static_bytes = 0;
   const unsigned nwarps = (n + 31) / 32;
   for (;;) {
     for (unsigned k = 0; k < n; ++k) {
       const unsigned t = e.reverse ? n - 1 - k : k;
       if (e.fibers[t].state == State::kRun) resume(e, t);
+      if (!e.error.empty()) throw std::runtime_error(e.error);
     }
     bool alive = false, released = false;
     for (unsigned w = 0; w < nwarps; ++w) {
