@@ -46,6 +46,8 @@ def vol(*shape, dtype=torch.float32):
         (lambda: K.calibrate(vol(2, 3, 4), vol(2, 3, 4), tau=0.0), r"`tau` must be a positive"),
         (lambda: K.calibrate(vol(2, 3, 4), vol(2, 3, 4), bin_logit=torch.zeros(2)), r"`bin_logit` must be a scalar tensor"),
         (lambda: K.soft_argmax(vol(2, 3, 12), 3, 5), r"`ht` \* `wt` must equal the target size Nt = 12"),
+        # ht * wt wraps around in int64 to 8 = Nt: the kernel read far past the rows (a segfault)
+        (lambda: K.soft_argmax(vol(2, 3, 8), 4, 2**62 + 2), r"`ht` \* `wt` must equal the target size Nt = 8"),
         (lambda: K.soft_argmax(vol(2, 3, 12), 3, 4, window=-2), r"`window` must be -1 \(all cells\) or >= 0"),
         (lambda: K.soft_argmax(vol(2, 3, 4, 3, 4), 4, 3), r"do not match the target axes of `P`"),
         (lambda: K.fused_match(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), tau=-1.0), r"`tau` must be a positive"),

@@ -57,6 +57,7 @@ CASES = [
     ("calibrate_backward", (F(1, 2, 2, 2, 2), F(1, 4), F(1, 4, 3), F(1, 4), F(1, 2, 2, 2, 2), F(1, 2, 2, 2, 2),
                             1.0, 0.1, 1e-6), "P"),
     ("soft_argmax", (F(2, 3, 4), 2, 3, -1, 1.0), "wt"),  # crashes on the H100 build (docs/performance.md)
+    ("soft_argmax", (F(2, 3, 8), 4, 2**62 + 2, -1, 1.0), "wt"),  # ht * wt wraps around in int64 to Nt = 8
     ("soft_argmax", (F(1, 2, 2, 2, 2), 2, 2, -2, 1.0), "window"),
     ("soft_argmax", (F(2, 3, 4), 2, 2, -1, 0.0), "beta"),
     ("soft_argmax_backward", (F(1, 4, 3), F(1, 4), F(1, 4, 4), F(1, 4, 2), 2, 2, -1, 1.0), "flow"),

@@ -418,6 +418,8 @@ def test_argument_errors():
         OPS.calibrate(c, torch.rand(2, 3, 5, device=DEV), 1.0, 0.1, torch.tensor(0.0, device=DEV), 1e-6)
     with pytest.raises(ValueError, match="wt"):
         OPS.soft_argmax(c, 2, 3, -1, 1.0)
+    with pytest.raises(ValueError, match="wt"):  # ht * wt wraps around in int64 to Nt = 4
+        OPS.soft_argmax(c, 4, 2**62 + 1, -1, 1.0)
     with pytest.raises(ValueError, match="weight"):
         OPS.conv4d(torch.rand(1, 2, 3, 3, 3, 3, device=DEV), torch.rand(1, 3, 3, 3, 3, 3, device=DEV), None)
 

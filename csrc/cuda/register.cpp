@@ -183,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> calibrate_backward(const at::Tens
 
 void check_p(const at::Tensor& p, int64_t ht, int64_t wt, int64_t window, double beta) {
   check_cuda_volume(p, "P");
-  TORCH_CHECK_VALUE(ht > 0 && wt > 0 && ht * wt == vol_nt(p), "scc: `ht` * `wt` must equal the number of target ",
+  TORCH_CHECK_VALUE(ht > 0 && wt > 0 && vol_nt(p) % ht == 0 && vol_nt(p) / ht == wt, "scc: `ht` * `wt` must equal the number of target ",
                     "cells of `P` (", vol_nt(p), "), got ht = ", ht, ", wt = ", wt);
   if (p.dim() == 5) {
     check_dim_eq(p.size(3), ht, "P.shape[3] (ht)");
