@@ -87,8 +87,8 @@ def gaussian_taps(sigma: float, dtype=torch.float64, device=None, max_rho: int |
     """K(e) = exp(-|e|^2 / (2 sigma^2)) on e in [-rho, rho]^2, rho = ceil(2 sigma) (at most max_rho):
     (2rho+1, 2rho+1)."""
     rho = math.ceil(2 * sigma) if max_rho is None else min(math.ceil(2 * sigma), max_rho)
-    e = torch.arange(-rho, rho + 1, dtype=dtype, device=device)
-    return torch.exp(-(e[:, None] ** 2 + e[None, :] ** 2) / (2 * sigma**2))
+    u = torch.arange(-rho, rho + 1, dtype=dtype, device=device) / sigma  # not / (2 sigma^2): it underflows to 0
+    return torch.exp(-0.5 * (u[:, None] ** 2 + u[None, :] ** 2))
 
 
 def _shift(v: torch.Tensor, dims: tuple[int, ...], offsets: tuple[int, ...]) -> torch.Tensor:

@@ -169,6 +169,20 @@ def test_masked_vote(dtype, b, mode, radius, sigma):
     )
 
 
+@pytest.mark.parametrize("mode", ["local", "global"])
+@pytest.mark.parametrize("dtype,sigma", [(torch.float64, 1e-170), (torch.float32, 1e-23)], ids=["f64", "f32"])
+def test_masked_vote_tiny_sigma(mode, dtype, sigma):
+    # The centre tap alone, as at sigma = 0.01; 1 / (2 sigma^2) is inf in the kernel's precision, and the
+    # centre tap was exp(-0 * inf), NaN.
+    g = _gen(31)
+    corr = torch.rand(2, *SRC, *TRG, generator=g, dtype=torch.float64)
+    ms = torch.rand(2, *SRC, generator=g, dtype=torch.float64)
+    mt = torch.rand(2, *TRG, generator=g, dtype=torch.float64)
+    expect = ref.masked_vote(corr, ms, mt, mode, 1, 0.01, 1e-6)
+    out = OPS.masked_vote(*(t.to(dtype).to(DEV) for t in (corr, ms, mt)), mode, 1, sigma, 1e-6)
+    torch.testing.assert_close(out.cpu().double(), expect, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("mode", ["local", "global"])
 @pytest.mark.parametrize("src,trg", [((2, 3), (56, 60)), ((3, 20), (2, 300))], ids=["56x60", "2x300"])

@@ -126,6 +126,20 @@ def test_masked_vote(shape, dtype, mode, radius, sigma):
                 lambda c_, s, t: R.masked_vote(c_, s, t, mode, radius, sigma), [c, ms, mt], dtype)
 
 
+@pytest.mark.parametrize("mode", ["local", "global"])
+@pytest.mark.parametrize("dtype,sigma", [(F64, 1e-170), (torch.float32, 1e-23)])
+def test_masked_vote_tiny_sigma(mode, dtype, sigma):
+    # K is then the centre tap alone, as at sigma = 0.01 (K(1) = exp(-5000) = 0). 2 sigma^2 underflows to 0 (in
+    # float64 below 1.5e-162, in the reference's float32 below 2.6e-23): the centre tap was 0 / 0, all NaN.
+    c = volume(2, 3, 4, 5, 3).to(dtype)
+    ms, mt = torch.rand(2, 3, 4, dtype=dtype), torch.rand(2, 5, 3, dtype=dtype)
+    expect = R.masked_vote(c.double(), ms.double(), mt.double(), mode, 1, 0.01)
+    for backend in ("cpu", "reference"):
+        with K.use_backend(backend):
+            out = K.masked_vote(c, ms, mt, mode, 1, sigma)
+        torch.testing.assert_close(out.double(), expect, rtol=1e-6, atol=1e-7, msg=backend)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("bin_value", [0.4, float("-inf")])

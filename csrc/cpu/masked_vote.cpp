@@ -31,7 +31,11 @@ struct Grid {
 template <typename T>
 std::vector<T> gauss_1d(double sigma, int64_t rho) {
   std::vector<T> k(2 * rho + 1);
-  for (int64_t e = -rho; e <= rho; ++e) k[e + rho] = static_cast<T>(std::exp(-double(e * e) / (2 * sigma * sigma)));
+  // -(e / sigma)^2 / 2: 2 sigma^2 underflows to 0 for a tiny sigma, and 0 / 0 made the centre tap NaN
+  for (int64_t e = -rho; e <= rho; ++e) {
+    const double u = double(e) / sigma;
+    k[e + rho] = static_cast<T>(std::exp(-0.5 * u * u));
+  }
   return k;
 }
 

@@ -47,7 +47,8 @@ struct Dims {
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t gauss(int64_t e, acc_t inv_2s2) {
-  return exp(-static_cast<acc_t>(e * e) * inv_2s2);
+  // K(0) = 1 exactly: for a tiny sigma inv_2s2 is inf, and 0 * inf would make the centre tap NaN
+  return e == 0 ? acc_t(1) : exp(-static_cast<acc_t>(e * e) * inv_2s2);
 }
 
 // ---- local operator, fused ----------------------------------------------------------------------
