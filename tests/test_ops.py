@@ -159,6 +159,21 @@ def test_calibrate(shape, dtype, bin_value):
     check_grads(fk, fr, inputs, dtype, outs)
 
 
+@pytest.mark.parametrize("dtype,tau,atol", [(torch.float32, 0.05, 3e-45), (F64, 0.006, 1e-322)])
+def test_calibrate_rows_far_below_the_bin(dtype, tau, atol):
+    # Rows whose every logit lies far below the bin's: P is subnormal there, its order still the order of the
+    # logits. The CPU kernel had clamped every exponent 87 (float32; 708 in float64) below the bin's logit:
+    # all of such a row's P came out equal, its argmax at cell 0 and its soft-argmax flow wrong.
+    c = torch.rand(2, 5, 11, dtype=F64) * 0.1 + 0.05
+    g = torch.full_like(c, 0.1)
+    z = torch.tensor(0.0, dtype=F64)
+    expect, expect_u = R.calibrate(c, g, 1.0, tau, z)
+    P, Pu = K.calibrate(c.to(dtype), g.to(dtype), 1.0, tau, z.to(dtype))
+    torch.testing.assert_close(P.double(), expect, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=atol)
+    torch.testing.assert_close(Pu.double(), expect_u)
+    assert torch.equal(P.argmax(-1), expect.argmax(-1))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("window", [-1, 0, 1, 2])

@@ -64,13 +64,18 @@ std::tuple<at::Tensor, at::Tensor> calibrate(const at::Tensor& corr_in, const at
       at::Tensor l = P2.narrow(0, a, n);
       at::log_out(l, c2.narrow(0, a, n) + eps);                    // log(corr + eps)
       l.add_(at::log(g2.narrow(0, a, n) + eps), lam).div_(tau);   // (.. + lam log(g + eps)) / tau
-      at::Tensor m = at::clamp_min(std::get<0>(l.max(1, true)), z);  // includes the bin's logit
-      // exp of arguments below log(smallest normal) takes a very slow path in the vectorised exp:
-      // clamp there (the change is below the smallest normal number, relative to a row sum >= 1).
-      l.sub_(m).clamp_min_(min_log).exp_();
-      at::Tensor bin = at::exp(z - m);                             // 0 when z = -inf (no bin)
-      at::Tensor inv = (l.sum(1, true) + bin).reciprocal_();
-      l.mul_(inv);
+      const at::Tensor lmax = std::get<0>(l.max(1, true));
+      const at::Tensor m = at::clamp_min(lmax, z);  // includes the bin's logit
+      // The exponentials are taken relative to the row's own largest logit (base), then scaled by
+      // exp(base - m): exp of arguments below log(smallest normal) takes a very slow path in the vectorised
+      // exp, so they are clamped there, which changes only terms that small next to the row's largest. (Taken
+      // relative to m, a row far below the bin's logit had every term clamped: all P equal, argmax lost.)
+      const at::Tensor base = at::where(lmax == -INFINITY, m, lmax);  // a row of -inf: as before, relative to m
+      l.sub_(base).clamp_min_(min_log).exp_();
+      const at::Tensor scale = at::exp(base - m);                  // 1 unless the bin's logit is the largest
+      const at::Tensor bin = at::exp(z - m);                       // 0 when z = -inf (no bin)
+      const at::Tensor inv = (l.sum(1, true) * scale + bin).reciprocal_();
+      l.mul_(scale * inv);
       Pu1.narrow(0, a, n).copy_((bin * inv).view({n}));
     }
   });
