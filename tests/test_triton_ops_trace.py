@@ -16,6 +16,7 @@ def _no_device_query(monkeypatch):
     import scc_kernels.triton.correlation as TC
 
     monkeypatch.setattr(TC, "_num_sms", lambda index: 132)  # an H100's SM count; no GPU to ask here
+    monkeypatch.setattr(TC, "_smem_per_block", lambda index: 227 * 1024)  # and its shared memory per block
 
 
 def _fake_cuda(*shapes, requires_grad=False):
@@ -82,6 +83,27 @@ def test_compiler_sees_the_fused_match_kernels():
     # forward: norms (one launch for both maps), the streaming pass; backward: norms, row statistics, grad_fs,
     # grad_ft
     assert bw.count("triton_kernel_wrapper_functional(") == 6 and "scc.fused_match" not in bw
+
+
+@pytest.mark.parametrize("smem,resident", [(227 * 1024, True), (163 * 1024, False), (99 * 1024, False)])
+def test_fused_match_fits_the_device_shared_memory(monkeypatch, smem, resident):
+    # The resident 16-bit kernels need up to 194 KiB at sm_80: an A100 (163 KiB) or an RTX 4090 (99 KiB)
+    # refused the launch. There every kernel slices the channels (tests/test_triton_aot.py: within 99 KiB).
+    import scc_kernels.triton.correlation as TC
+
+    monkeypatch.setattr(TC, "_smem_per_block", lambda index: smem)
+    mode, (fs, ft) = _fake_cuda((2, 64, 5, 7), (2, 64, 6, 4))
+    with mode:
+        fs, ft = fs.bfloat16(), ft.bfloat16()
+
+    def backward(a, b):
+        flow, conf, arg, lse = torch.ops.scc.fused_match_triton(a, b, 0.1, 1)
+        return torch.ops.scc.fused_match_triton_backward(flow, conf, a, b, 0.1, 1, flow, arg, lse)
+
+    bw = _graph(backward, (fs, ft), mode)
+    flags = [line for line in bw.splitlines() if "RESIDENT" in line]
+    assert len(flags) == 4, bw  # forward, row statistics, grad_fs, grad_ft
+    assert all(("'RESIDENT': True" in f or "RESIDENT = True" in f) == resident for f in flags), flags
 
 
 @pytest.mark.parametrize("shape,launches", [((8, 256, 32, 32), 1), ((8, 1024, 32, 32), 1), ((8, 256, 64, 64), 2),

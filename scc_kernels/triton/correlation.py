@@ -349,6 +349,26 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+# Shared memory per block (with the opt-in) of the GPU the configs were tuned for: sm_90 (H100, H200).
+SMEM_TUNED = 227 * 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_per_block(index: int) -> int:
+    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
+
+
+def small_smem(device: torch.device) -> bool:
+    """A CUDA device with less shared memory per block than the H100 the configs were tuned on: A100 (sm_80,
+    163 KiB) and sm_86 / sm_89 / sm_120 (RTX 30, 40 and 50 series, A10, L4, L40: 99 KiB). Kernels whose
+    shipped config needs more take a compact one there (fused_match: not RESIDENT; Triton had refused the
+    launch, OutOfResources); tests/test_triton_aot.py compiles what such a device runs for sm_80 and holds it
+    to 99 KiB. The correlation configs fit as they are (80 KiB at sm_80)."""
+    if device.type != "cuda":
+        return False
+    return _smem_per_block(device.index if device.index is not None else torch.cuda.current_device()) < SMEM_TUNED
+
+
 def _pick_fwd_config(dtype, device, b, ns, nt, c, normalize, config):
     configs = FWD_CONFIGS[dtype]
     small = b * ns * nt <= SMALL_PROBLEM
@@ -449,7 +469,9 @@ def correlation_bwd(grad: torch.Tensor, fs: torch.Tensor, ft: torch.Tensor, norm
     """Gradients of correlation_fwd w.r.t. fs and ft, in the input dtype.
 
     Composed: a Triton kernel recomputes the dot products and forms A = gr / n and the row/column sums of
-    Q = A r (the elementwise part); the two contractions over j and i are fp32 torch.bmm calls:
+    Q = A r (the elementwise part); the two contractions over j and i are fp32 torch.bmm calls (which follow
+    torch's TF32 setting, torch.backends.cuda.matmul.allow_tf32, off by default, as PyTorch's own backward
+    would; the forward's fp32 dot is IEEE always):
       grad_fs_i = sum_j A_ij ft_j - fs_i / a_i * sum_j Q_ij b_j
       grad_ft_j = sum_i A_ij fs_i - ft_j / b_j * sum_i Q_ij a_i
     """

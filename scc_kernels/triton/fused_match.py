@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .correlation import cdiv, check_int32_features, gemm_tile, new_output, norms, pad_rows
+from .correlation import cdiv, check_int32_features, gemm_tile, new_output, norms, pad_rows, small_smem
 
 EPS = 1e-6  # the correlation eps of reference.fused_match
 LOG2E = 1.4426950408889634
@@ -55,6 +55,21 @@ BWD_CONFIGS = {
     torch.bfloat16: dict(BLOCK_OWN=128, BLOCK_STREAM_T=32, BLOCK_STREAM_S=16, BLOCK_K=64, BLOCK_C=128,
                          RESIDENT_C=256, num_warps=8, num_stages=2),
 }
+
+# On GPUs with less shared memory per block than the H100 (correlation.small_smem) the channel dimension is
+# always sliced: the resident 16-bit forward needs 130-195 KiB at sm_80 (198656 bytes windowed; an A100 has
+# 163 KiB, sm_86 / sm_89 99 KiB), the sliced one 32 KiB.
+SMALL_SMEM = dict(RESIDENT_C=0)
+
+
+def fwd_config(dtype: torch.dtype, device: torch.device) -> dict:
+    """FWD_CONFIGS' entry for dtype, made to fit the device's shared memory."""
+    return {**FWD_CONFIGS[dtype], **(SMALL_SMEM if small_smem(device) else {})}
+
+
+def bwd_config(dtype: torch.dtype, device: torch.device) -> dict:
+    """BWD_CONFIGS' entry for dtype, made to fit the device's shared memory."""
+    return {**BWD_CONFIGS[dtype], **(SMALL_SMEM if small_smem(device) else {})}
 
 
 @triton.jit
@@ -432,12 +447,12 @@ def _grad_cfgs(cfg: dict, c: int) -> tuple[dict, dict]:
 
 def fused_match_fwd(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int = -1, **config):
     """fs (B, C, hs, ws), ft (B, C, ht, wt) -> flow (B, hs, ws, 2) fp32, conf (B, hs, ws) fp32,
-    argmax (B, hs, ws) int64, lse (B, Ns) fp32. ``config`` overrides entries of FWD_CONFIGS."""
+    argmax (B, hs, ws) int64, lse (B, Ns) fp32. ``config`` overrides entries of fwd_config's."""
     b, c, hs, ws = fs.shape
     ht, wt = ft.shape[-2:]
     fs3, ft3 = _flat(fs, ft)
     ns, nt = hs * ws, ht * wt
-    cfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    cfg = _launch_cfg({**fwd_config(fs.dtype, fs.device), **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     dev = fs.device
     flow = new_output((b, hs, ws, 2), torch.float32, dev)
     conf = new_output((b, hs, ws), torch.float32, dev)
@@ -456,8 +471,8 @@ def fused_match_fwd(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int 
 
 def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argmax, lse, **config):
     """Gradients of fused_match_fwd's flow and conf w.r.t. fs and ft (input dtype), by recomputation.
-    grad_flow / grad_conf may be None (no gradient). ``config`` overrides entries of BWD_CONFIGS and of
-    the FWD_CONFIGS entry used by the row-statistics kernel."""
+    grad_flow / grad_conf may be None (no gradient). ``config`` overrides entries of bwd_config's and of
+    fwd_config's, used by the row-statistics kernel."""
     b, c, hs, ws = fs.shape
     ht, wt = ft.shape[-2:]
     fs3, ft3 = _flat(fs, ft)
@@ -479,7 +494,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     S = new_output((b, ns), torch.float32, dev)
     conf = new_output((b, ns), torch.float32, dev)
     Z = new_output((b, ns), torch.float32, dev)
-    scfg = _launch_cfg({**FWD_CONFIGS[fs.dtype], **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    scfg = _launch_cfg({**fwd_config(fs.dtype, dev), **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     wrap_triton(_row_stats_kernel)[(cdiv(ns, scfg["BLOCK_M"]), b)](
         fs3, ft3, na, nb, arg, lse, dflow, S, conf, Z, *common, EPS, radius, WINDOWED=windowed, **scfg,
     )
@@ -500,7 +515,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     grad_fs = new_output(fs3.shape, fs3.dtype, dev)  # row-padded like fs3 / ft3
     grad_ft = new_output(ft3.shape, ft3.dtype, dev)
     args = (*common, 1.0 / tau, EPS, radius)
-    fs_cfg, ft_cfg = _grad_cfgs({**BWD_CONFIGS[fs.dtype], **config}, c)
+    fs_cfg, ft_cfg = _grad_cfgs({**bwd_config(fs.dtype, dev), **config}, c)
     wrap_triton(_grad_fs_kernel)[(cdiv(ns, fs_cfg["BLOCK_M"]), cdiv(c, fs_cfg["BLOCK_C"]), b)](
         fs3, ft3, nb, coef, arg, grad_fs, *args, WINDOWED=windowed, **fs_cfg)
     wrap_triton(_grad_ft_kernel)[(cdiv(nt, ft_cfg["BLOCK_N"]), cdiv(c, ft_cfg["BLOCK_C"]), b)](
