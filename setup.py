@@ -65,7 +65,9 @@ def extensions():
     if not _want_cuda():
         return [cpp_extension.CppExtension("scc_kernels._C", sources, include_dirs=[os.path.join(ROOT, "csrc")],
                                            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    # SASS for sm_80 (also runs on sm_86 / sm_89) and sm_90, and sm_90's PTX, which the driver compiles for
+    # newer GPUs (sm_100, sm_120): without it the ops fail there with "no kernel image is available"
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     if os.environ.get("SCC_PTXAS_VERBOSE") == "1":
         nvcc += ["-Xptxas", "-v"]

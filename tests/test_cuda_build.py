@@ -67,3 +67,19 @@ def test_extension_has_cuda_kernels():
 
     for op in ("mutual_nn", "conv4d", "masked_vote", "calibrate", "soft_argmax", "correlation", "fused_match"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"scc::{op}", "CUDA"), f"scc::{op} has no CUDA kernel"
+
+
+def test_extension_embeds_sass_and_ptx():
+    # SASS for sm_80 (A100; also runs on sm_86 / sm_89) and sm_90, and sm_90's PTX for the GPUs after them,
+    # which a build without it refused ("no kernel image is available")
+    import scc_kernels
+    triton = pytest.importorskip("triton")
+
+    cuobjdump = triton.knobs.nvidia.cuobjdump.path  # the CUDA toolkit here has none
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        pytest.skip(f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} overrides the default archs")
+    so = scc_kernels._C.__file__
+    elf = subprocess.run([cuobjdump, "--list-elf", so], capture_output=True, text=True, check=True).stdout
+    ptx = subprocess.run([cuobjdump, "--list-ptx", so], capture_output=True, text=True, check=True).stdout
+    assert {int(a) for a in re.findall(r"\.sm_(\d+)\.cubin", elf)} == {80, 90}, elf
+    assert {int(a) for a in re.findall(r"\.sm_(\d+)\.ptx", ptx)} == {90}, ptx
