@@ -86,7 +86,14 @@ def masks_and_labels_picture(src_img, trg_img, mask_s, mask_t, src_pts, trg_pts,
     return out
 
 
-def plot_pck_per_category(report: dict, path: str, alpha: float = 0.1) -> None:
+def plot_pck_per_category(report: dict, path: str, alpha: float | None = None) -> None:
+    """Bar chart of a report's per-category PCK at ``alpha``: one of its thresholds; by default 0.1 when it was
+    evaluated, else the first."""
+    evaluated = [float(k[len("pck@"):]) for k in report["overall"] if k.startswith("pck@")]
+    if alpha is None:
+        alpha = 0.1 if 0.1 in evaluated else evaluated[0]
+    elif alpha not in evaluated:
+        raise ValueError(f"plot_pck_per_category: alpha {alpha} was not evaluated; the report has {evaluated}")
     cats = list(report["per_category"])
     vals = [report["per_category"][c][f"pck@{alpha}"]["per_image"] for c in cats]
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(cats) + 1), 3), dpi=100)

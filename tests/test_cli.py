@@ -27,6 +27,19 @@ def test_scc_eval_writes_report_and_configs(tmp_path, capsys):
     assert "| duck(S) | 1 |" in printed and "PCK@0.1 per image / per point" in printed
 
 
+def test_scc_eval_plot_without_alpha_0_1(tmp_path):
+    # --plot drew PCK@0.1 whatever was evaluated: a KeyError after the report was written
+    root = write_willow(tmp_path / "willow", size=(96, 64))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--dataset", "pf-willow", "--data", str(root), "--img-size", "64", "--out", str(out),
+                 "--set-model", "vote_radius=1", "--set", "alphas=[0.05,0.2]", "--plot"]) == 0
+    assert out.with_suffix(".png").is_file()
+    from scc.visualize import plot_pck_per_category
+
+    with pytest.raises(ValueError, match=r"alpha 0.1 was not evaluated; the report has \[0.05, 0.2\]"):
+        plot_pck_per_category(json.loads(out.read_text()), str(tmp_path / "p.png"), alpha=0.1)
+
+
 def test_scc_eval_flags_and_config_fields(tmp_path):
     from scc import config as cfgmod
     from scc.cli import build_parser

@@ -4,8 +4,12 @@
     <root>/JPEGImages/<name>.jpg
     <root>/Annotations/<class name>/<name>.mat   with `kps` (N, 2; NaN rows = invisible) and `bbox` (1, 4)
 
-Keypoints invisible in either image are dropped (as the field does). The field's threshold is ``img``
-(alpha * the target image's longer side: DHPF, CHM, CATs); the evaluator also takes ``bbox`` (target box).
+Keypoints invisible in either image are dropped (as the field does). The field's threshold is ``img``:
+alpha * the longer side of the target image as evaluated. By default the images keep their aspect (longer
+side img_size), as NC-Net and WeakAlign evaluate; DHPF, CHM and CATs squash both images to 240 x 240
+(``square=True, img_size=240``), where the same alpha * 240 is alpha * W across and alpha * H down in the
+original image, stricter along the shorter side: compare with their numbers only under that setting. The
+evaluator also takes ``bbox`` (target box).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ def read_mat(path: Path, key: str) -> np.ndarray:
 class PFPascal(Dataset):
     """``square``: resize both images to img_size x img_size (DHPF/CHM evaluate PF-PASCAL at 240 x 240)."""
 
-    pckthres_kind = "img"  # the field's PF-PASCAL protocol (DHPF, CHM, CATs: alpha * max image side)
+    pckthres_kind = "img"  # the field's PF-PASCAL protocol: alpha * max side of the image as evaluated
 
     def __init__(self, root: str, split: str = "test", img_size: int | None = 320, square: bool = False):
         check_square(square, img_size)
