@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -47,7 +48,7 @@ def cmd_eval(args) -> int:
     parse_device(cfg.device)  # before the model and data are loaded (evaluate checks it too)
     model = _model(args)
     report = evaluate(model, make_dataset(cfg.dataset, cfg.data, cfg.img_size, square=cfg.square), cfg)
-    report["command"] = " ".join(["scc"] + sys.argv[1:])
+    report["command"] = shlex.join(["scc"] + sys.argv[1:])  # pastes back into a shell
     write_report(report, str(out))
     cfgmod.save_yaml(cfg, out.with_suffix(".eval.yaml"))
     cfgmod.save_yaml(model.config, out.with_suffix(".model.yaml"))

@@ -14,6 +14,7 @@ code base::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 
@@ -110,6 +111,7 @@ class SCCNet(nn.Module):
         self.bin_logit = nn.Parameter(torch.tensor(float(cfg.bin_init))) if cfg.unmatched_bin else None
         self.register_buffer("bank", None)  # (N, D, h, w): see fill_bank()
         self._range_checked = False  # hyperpixels(): the input range check
+        self.checkpoint: dict | None = None  # where the weights came from (from_checkpoint), for result files
         self.stride = cfg.stride
 
     def train(self, mode: bool = True) -> "SCCNet":
@@ -295,8 +297,11 @@ class SCCNet(nn.Module):
     def identity(self) -> dict:
         """What a result file records about the model."""
         trainable = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("backbone."))
-        return dict(backbone=self.config.backbone, backbone_weights=self.config.backbone_weights,
-                    trainable_parameters=trainable, config=cfgmod.to_dict(self.config))
+        out = dict(backbone=self.config.backbone, backbone_weights=self.config.backbone_weights,
+                   trainable_parameters=trainable, config=cfgmod.to_dict(self.config))
+        if self.checkpoint is not None:  # the config alone rebuilds an untrained model
+            out["checkpoint"] = self.checkpoint
+        return out
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -330,4 +335,8 @@ class SCCNet(nn.Module):
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"scc: checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}")
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        net.checkpoint = dict(path=os.path.abspath(path), sha256=digest,
+                              **{k: payload[k] for k in ("step", "git_commit") if k in payload})
         return net.eval()  # for inference; a training loop calls train() itself

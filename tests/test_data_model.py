@@ -182,6 +182,12 @@ def test_sccnet_match_shapes_and_checkpoint_roundtrip(tmp_path):
     with torch.no_grad():
         out2 = again.match(src, trg)
     torch.testing.assert_close(out2["flow"], out["flow"])
+    # a result file records which weights (its config alone rebuilds an untrained model)
+    import hashlib
+
+    assert "checkpoint" not in net.identity()
+    assert again.identity()["checkpoint"] == dict(path=os.path.abspath(path),
+                                                  sha256=hashlib.sha256(path.read_bytes()).hexdigest())
     path.write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         SCCNet.from_checkpoint(str(path))
