@@ -54,6 +54,8 @@ CASES = [
     ("calibrate", (F(2, 3, 4), F(2, 3, 5), 1.0, 0.1, F(), 1e-6), "g"),
     ("calibrate", (F(1, 2, 2, 2, 2), F(1, 2, 2, 2, 2), 1.0, 0.1, torch.tensor(0.0), 1e-6), "bin_logit"),
     ("calibrate", (F(2, 3, 4), F(2, 3, 4), 1.0, 0.0, F(), 1e-6), "tau"),
+    # B Ns = 2.2e9 rows: calibrate's grid.x takes 2^31 - 1 blocks (each bound on B and Ns alone holds)
+    ("calibrate", (F(1100, 2_000_000, 1), F(1100, 2_000_000, 1), 1.0, 0.1, F(), 1e-6), "too large"),
     ("calibrate_backward", (F(1, 2, 2, 2, 2), F(1, 4), F(1, 4, 3), F(1, 4), F(1, 2, 2, 2, 2), F(1, 2, 2, 2, 2),
                             1.0, 0.1, 1e-6), "P"),
     ("soft_argmax", (F(2, 3, 4), 2, 3, -1, 1.0), "wt"),  # crashes on the H100 build (docs/performance.md)

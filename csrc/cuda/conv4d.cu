@@ -255,16 +255,16 @@ constexpr int kBiasThreads = 256;
 template <typename scalar_t, typename acc_t>
 __global__ void bias_partial_kernel(const scalar_t* __restrict__ grad, int64_t batch, int64_t cout, int64_t n,
                                     acc_t* __restrict__ part) {
-  const int64_t o = blockIdx.y;
+  const int64_t o = blockIdx.x;  // channels along x: grid y stops at 65535
   acc_t s = 0;
   for (int64_t b = 0; b < batch; ++b) {
     const scalar_t* gp = grad + (b * cout + o) * n;
-    for (int64_t k = static_cast<int64_t>(blockIdx.x) * kBiasThreads + threadIdx.x; k < n;
-         k += static_cast<int64_t>(gridDim.x) * kBiasThreads)
+    for (int64_t k = static_cast<int64_t>(blockIdx.y) * kBiasThreads + threadIdx.x; k < n;
+         k += static_cast<int64_t>(gridDim.y) * kBiasThreads)
       s += static_cast<acc_t>(gp[k]);
   }
   s = block_sum(s);
-  if (threadIdx.x == 0) part[o * gridDim.x + blockIdx.x] = s;
+  if (threadIdx.x == 0) part[o * gridDim.y + blockIdx.y] = s;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -392,7 +392,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv4d_backward(const at::Tensor&
       const int64_t n = g.h1 * g.w1 * g.h2 * g.w2;
       const int64_t nparts = std::min<int64_t>(ceil_div(n, kBiasThreads), 64);
       at::Tensor part = at::empty({g.cout * nparts}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-      bias_partial_kernel<scalar_t, acc_t><<<dim3(nparts, g.cout), kBiasThreads, 0, stream>>>(
+      bias_partial_kernel<scalar_t, acc_t><<<dim3(g.cout, nparts), kBiasThreads, 0, stream>>>(
           gp, g.batch, g.cout, n, part.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       bias_final_kernel<scalar_t, acc_t><<<g.cout, kBiasThreads, 0, stream>>>(part.const_data_ptr<acc_t>(), nparts,

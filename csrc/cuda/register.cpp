@@ -38,7 +38,8 @@ void check_cuda_volume(const at::Tensor& corr, const char* name) {
   check_volume(corr, name);
   check_cuda(corr, name);
   TORCH_CHECK_VALUE(corr.size(0) <= kMaxGridYZ && (vol_ns(corr) + kRowChunk - 1) / kRowChunk <= kMaxGridYZ &&
-                        vol_ns(corr) <= INT32_MAX && vol_nt(corr) <= INT32_MAX,
+                        vol_ns(corr) <= INT32_MAX && vol_nt(corr) <= INT32_MAX &&
+                        corr.size(0) * vol_ns(corr) <= INT32_MAX,  // rows: one block each in calibrate's grid.x
                     "scc: `", name, "` is too large for the CUDA kernels, got shape ", shape_str(corr));
 }
 
