@@ -38,6 +38,11 @@ class ModelConfig:
     backbone_weights: str | None = "imagenet"  # "imagenet" (bundled for the default), a local file, or None
     feature_stages: tuple = (2, 3, 4)  # timm feature indices: strides 8, 16, 32 for EfficientNet-Lite0
     stride: int = 16  # common stride the stages are resized to
+    # Resample each stage at the common grid's cell centres (pixel 16 i + 7.5 for stride 16). Off: each stage is
+    # stretched over the grid, which matches only when the image sides are multiples of the coarsest stride
+    # (32): otherwise the stages drift apart towards the far edges (15.5 px at the last row of a 240 px side).
+    # Off by default so that the results recorded in docs/results.md and their checkpoints reproduce.
+    align_stages: bool = False
     proj_dim: int = 0  # learnable 1x1 projection to this many channels; 0 = off; -1 = the hyperpixel width
     mutual: bool = True  # NC-Net mutual filtering
     neigh_consensus: bool = False  # learnable symmetric 4D convolutions (1 -> nc_channels -> 1)
@@ -147,8 +152,14 @@ class SCCNet(nn.Module):
             self._range_checked = True
         img = img.to(self.backbone.mean.dtype)  # float64 (numpy's / 255.0) or half images: the backbone's dtype
         h, w = math.ceil(img.shape[2] / self.stride), math.ceil(img.shape[3] / self.stride)
-        feats = [F.normalize(F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False), dim=1)
-                 for f in self.backbone(img)]
+        if self.config.align_stages:
+            # output cell (y, x) reads the stage at ((y + 0.5) stride / s - 0.5, ...): the scale passed to the
+            # resampler fixes the mapping, whatever the stage's size (F.interpolate's size= cannot)
+            feats = [torch.ops.aten.upsample_bilinear2d.default(f, [h, w], False, s / self.stride, s / self.stride)
+                     for f, s in zip(self.backbone(img), self.backbone.strides)]
+        else:
+            feats = [F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False) for f in self.backbone(img)]
+        feats = [F.normalize(f, dim=1) for f in feats]
         return F.normalize(torch.cat(feats, dim=1), dim=1)
 
     def project(self, hyper: torch.Tensor) -> torch.Tensor:

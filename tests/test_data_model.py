@@ -163,6 +163,35 @@ def test_model_config_refuses_what_a_device_cannot_run():
         SCCNet(ModelConfig(backbone_weights=None, proj_dim=-2))
 
 
+def test_align_stages_samples_each_stage_at_the_cell_centres():
+    import torch.nn.functional as F
+
+    from scc.model import ModelConfig, SCCNet
+
+    torch.manual_seed(0)
+    net = SCCNet(ModelConfig(backbone_weights=None, align_stages=True)).eval()
+    plain = SCCNet(ModelConfig(backbone_weights=None)).eval()
+    plain.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        # sides that are multiples of 32: every stage spans the grid's extent, both ways agree
+        img = torch.rand(1, 3, 64, 96)
+        torch.testing.assert_close(net.hyperpixels(img), plain.hyperpixels(img))
+        # 240 x 208 (stride 32: 8 x 7 cells over 256 x 224 px): cell (y, x) at pixel 16 y + 7.5, read from a stage
+        # of stride s at (pixel + 0.5) / s - 0.5, clamped at its edges (grid_sample: an independent resampler)
+        img = torch.rand(1, 3, 240, 208)
+        h, w = 15, 13
+        feats = []
+        for f, s in zip(net.backbone(img), net.backbone.strides):
+            ys = ((torch.arange(h) * 16 + 8.0) / s - 0.5).clamp(0, f.shape[2] - 1)
+            xs = ((torch.arange(w) * 16 + 8.0) / s - 0.5).clamp(0, f.shape[3] - 1)
+            gy, gx = torch.meshgrid((2 * ys + 1) / f.shape[2] - 1, (2 * xs + 1) / f.shape[3] - 1, indexing="ij")
+            grid = torch.stack([gx, gy], -1)[None]
+            feats.append(F.normalize(F.grid_sample(f, grid, align_corners=False), dim=1))
+        expect = F.normalize(torch.cat(feats, 1), dim=1)
+        torch.testing.assert_close(net.hyperpixels(img), expect, rtol=1e-4, atol=1e-5)
+        assert (plain.hyperpixels(img) - expect).abs().max() > 1e-2  # the stretched stages are elsewhere
+
+
 def test_sccnet_match_shapes_and_checkpoint_roundtrip(tmp_path):
     from scc.model import ModelConfig, SCCNet
 
