@@ -194,7 +194,9 @@ def soft_argmax(P: torch.Tensor, ht: int, wt: int, window: int = -1, beta: float
         within = ((x[None, None, :, 1] - row[..., None]).abs() <= window) & (
             (x[None, None, :, 0] - col[..., None]).abs() <= window
         )
-        weight = weight * within
+        # cells outside the window take no part, not even through a NaN gradient (0 * NaN, or 0 * inf for
+        # P = 0 with beta < 1): selected, never multiplied by 0
+        weight = torch.where(within, torch.where(within, p, torch.ones_like(p)) ** beta, torch.zeros_like(p))
     mass = weight.sum(dim=2, keepdim=True)
     empty = mass == 0  # not `mass > 0`: a NaN mass (NaN in P) must stay NaN, not become the argmax cell
     flow = torch.einsum("bnm,mk->bnk", weight, x) / torch.where(empty, torch.ones_like(mass), mass)
