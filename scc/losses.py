@@ -45,8 +45,10 @@ class LossConfig:
     region_margin: float = 0.05
     lambda_region: float = 0.5
     lambda_pixel: float = 1.0  # final weight of the pixel loss
-    pixel_warmup: int = 200  # steps with no pixel loss (early pseudo-labels are noise)
-    pixel_ramp: int = 400  # steps of linear ramp from 0 to lambda_pixel after the warm-up
+    pixel_warmup: int = 200  # steps 0 .. pixel_warmup - 1 have no pixel loss (early pseudo-labels are noise)
+    # the weight then rises linearly from 0 at step pixel_warmup (so the first pixel term counts at the step
+    # after) to lambda_pixel at pixel_warmup + pixel_ramp; 0: lambda_pixel from step pixel_warmup on
+    pixel_ramp: int = 400
     p_min: float = 0.3  # minimum calibrated probability of a pseudo-label
     mask_min: float = 0.5  # both masks must exceed this at a pseudo-label's source and target cells
     # where pseudo-labels come from: "calibrated" (the cascade: calibrated probabilities, p_min threshold) or
