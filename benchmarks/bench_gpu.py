@@ -1,6 +1,7 @@
 """GPU timings of every scc kernel against the reference composite, torch.compile of it, bare
 torch.bmm (correlation) and NC-Net's conv3d loop (conv4d), with achieved TFLOP/s and GB/s against
-the H100 roofline floors (about 800 TFLOP/s bf16 dense, 3.0 TB/s measured copy bandwidth).
+the roofline floors: 800 TFLOP/s bf16 dense (H100), and the copy bandwidth measured at the start of the run
+(a 1 GiB device-to-device copy; about 3.0 TB/s on the H100 of runs 1-3, more on an H200).
 
 Run by benchmarks/gpu_check.sh on a GPU machine: `python benchmarks/bench_gpu.py --out DIR`.
 Times are triton.testing.do_bench medians (synchronised, ms). Writes DIR/gpu_bench.json and .md.
@@ -29,7 +30,7 @@ from scc_kernels.triton import correlation as TC  # noqa: E402
 from test_cpu_kernels import ncnet_conv4d  # noqa: E402
 
 PEAK_TFLOPS = 800.0
-PEAK_GBS = 3000.0
+PEAK_GBS = 3000.0  # replaced by the measured copy bandwidth in main()
 ROWS: list[dict] = []
 KERNELS: list[dict] = []
 TO_SPLIT: list = []  # (op, case, scc call) for kernel_split
@@ -37,6 +38,16 @@ TO_SPLIT: list = []  # (op, case, scc call) for kernel_split
 
 def bench(fn) -> float:
     return do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+def copy_bandwidth(dev) -> float:
+    """GB/s of a 1 GiB device-to-device copy (read + write), the bandwidth floor the volume ops are held to."""
+    x = torch.empty(2**28, device=dev)
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    del x, y
+    torch.cuda.empty_cache()
+    return 2 * 2**30 / ms / 1e6
 
 
 def kernel_name(name: str) -> str:
@@ -121,7 +132,9 @@ def correlation_cases(dev, compile_ref):
             case = f"B8 C{c} {h}x{h} bf16"
             flops = 2 * b * n * n * c
             nbytes = 2 * (b * c * 2 * n + b * n * n)
-            record_scc("correlation", case, lambda: K.correlation(fs, ft), flops, nbytes)
+            # partials, not lambdas: the calls kept for the kernel split run after the loops (a lambda would
+            # then see the loop's last tensors)
+            record_scc("correlation", case, functools.partial(K.correlation, fs, ft), flops, nbytes)
             # the launch path scc did not pick here, to place SMALL_PROBLEM (B Ns Nt <= 2^24: norms in the
             # K-loop, one launch; above: the norm kernel, then the GEMM) from measurements
             small = b * n * n <= TC.SMALL_PROBLEM
@@ -186,7 +199,7 @@ def fused_match_cases(dev):
         ft = torch.randn(b, c, h, h, device=dev, dtype=torch.bfloat16)
         case = f"B8 C256 {h}x{h} bf16 window2"
         flops = 2 * b * (h * h) ** 2 * c
-        record_scc("fused_match", case, lambda: K.fused_match(fs, ft, 0.05, 2), flops,
+        record_scc("fused_match", case, functools.partial(K.fused_match, fs, ft, 0.05, 2), flops,
                    mem_mib=peak_mem(lambda: K.fused_match(fs, ft, 0.05, 2)))
         if h <= 64:
             ms = bench(lambda: R.fused_match(fs, ft, 0.05, 2))
@@ -198,7 +211,7 @@ def fused_match_cases(dev):
         if h == 64:
             fsg, ftg = fs.clone().requires_grad_(), ft.clone().requires_grad_()
 
-            def fwd_bwd_scc():
+            def fwd_bwd_scc(fsg=fsg, ftg=ftg):
                 flow, conf, _ = K.fused_match(fsg, ftg, 0.05, 2)
                 torch.autograd.grad((flow.sum() + conf.sum()), (fsg, ftg))
 
@@ -219,7 +232,7 @@ def conv4d_cases(dev):
         case = f"B4 {cin}->{cout} 32^4 k3 fp32"
         flops = 2 * b * s**4 * cin * cout * 81
         nbytes = 4 * b * s**4 * (cin + cout)
-        record_scc("conv4d", case, lambda: K.conv4d(x, w, bias), flops, nbytes)
+        record_scc("conv4d", case, functools.partial(K.conv4d, x, w, bias), flops, nbytes)
         record("conv4d", case, "ncnet-conv3d-loop", bench(lambda: ncnet_conv4d(x, w, bias)), flops, nbytes)
 
 
@@ -232,28 +245,30 @@ def volume_cases(dev):
     ms, mt = torch.rand(b, h, h, device=dev), torch.rand(b, h, h, device=dev)
     vol = 4 * b * n * n
     case = "B8 64x64 fp32"
-    record_scc("mutual_nn", case, lambda: K.mutual_nn(corr), nbytes=2 * vol)
+    record_scc("mutual_nn", case, functools.partial(K.mutual_nn, corr), nbytes=2 * vol)
     record("mutual_nn", case, "reference", bench(lambda: R.mutual_nn(corr)), nbytes=2 * vol)
     z = torch.tensor(0.0, device=dev)
-    record_scc("calibrate", case, lambda: K.calibrate(corr, g, 1.0, 0.05, z), nbytes=3 * vol)
+    record_scc("calibrate", case, functools.partial(K.calibrate, corr, g, 1.0, 0.05, z), nbytes=3 * vol)
     record("calibrate", case, "reference", bench(lambda: R.calibrate(corr, g, 1.0, 0.05, z)), nbytes=3 * vol)
     for mode, r, s in (("local", 2, 1.0), ("local", 1, 0.5), ("global", 0, 1.0)):
         c = f"{case} {mode} r{r} sigma{s}"
-        record_scc("masked_vote", c, lambda: K.masked_vote(corr, ms, mt, mode, r, s), nbytes=2 * vol)
+        record_scc("masked_vote", c, functools.partial(K.masked_vote, corr, ms, mt, mode, r, s), nbytes=2 * vol)
         if (mode, r) != ("local", 2):  # the literal 625-shift reference is too slow at this size
             record("masked_vote", c, "reference", bench(lambda: R.masked_vote(corr, ms, mt, mode, r, s)), nbytes=2 * vol)
     P = torch.softmax(corr.view(b, n, n) / 0.05, dim=2)
-    record_scc("soft_argmax", case + " window2", lambda: K.soft_argmax(P, h, h, 2), nbytes=vol)
+    record_scc("soft_argmax", case + " window2", functools.partial(K.soft_argmax, P, h, h, 2), nbytes=vol)
     record("soft_argmax", case + " window2", "reference", bench(lambda: R.soft_argmax(P, h, h, 2)), nbytes=vol)
 
 
 def write(out):
     os.makedirs(out, exist_ok=True)
-    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
+                copy_gbs=round(PEAK_GBS, 1))
     with open(os.path.join(out, "gpu_bench.json"), "w") as f:
         json.dump(dict(meta=meta, rows=ROWS, kernels=KERNELS), f, indent=1)
     lines = [f"# GPU benchmark: {meta['device']}, torch {meta['torch']}, {meta['date']}", "",
-             "| op | case | impl | ms | TFLOP/s | % peak | GB/s | % 3.0 TB/s | peak MiB | scc speed-up |",
+             f"Bandwidth column: % of the copy bandwidth measured at the start, {PEAK_GBS / 1e3:.2f} TB/s.", "",
+             "| op | case | impl | ms | TFLOP/s | % peak | GB/s | % copy BW | peak MiB | scc speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ours = {(r["op"], r["case"]): r["ms"] for r in ROWS if r["impl"] == "scc"}
     for r in ROWS:
@@ -277,6 +292,9 @@ def main():
     args = ap.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
+    global PEAK_GBS
+    PEAK_GBS = copy_bandwidth(dev)
+    print(f"-- copy bandwidth {PEAK_GBS:.0f} GB/s (the GB/s columns' 100%)", flush=True)
     for name, fn in (("correlation", lambda: correlation_cases(dev, not args.no_compile)),
                      ("fused_match", lambda: fused_match_cases(dev)),
                      ("conv4d", lambda: conv4d_cases(dev)),
