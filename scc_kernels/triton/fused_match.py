@@ -57,7 +57,7 @@ BWD_CONFIGS = {
 }
 
 # On GPUs with less shared memory per block than the H100 (correlation.small_smem) the channel dimension is
-# always sliced: the resident 16-bit forward needs 130-195 KiB at sm_80 (198656 bytes windowed; an A100 has
+# always sliced: the resident 16-bit forward needs 129-194 KiB at sm_80 (198656 bytes windowed; an A100 has
 # 163 KiB, sm_86 / sm_89 99 KiB), the sliced one 32 KiB.
 SMALL_SMEM = dict(RESIDENT_C=0)
 
