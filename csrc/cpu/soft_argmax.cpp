@@ -23,8 +23,10 @@ std::vector<int64_t> lead_shape(const at::Tensor& P) {
 
 void check_soft_argmax_args(const at::Tensor& P, int64_t ht, int64_t wt, int64_t window, double beta) {
   check_volume(P, "P");
-  TORCH_CHECK_VALUE(ht > 0 && wt > 0 && vol_nt(P) % ht == 0 && vol_nt(P) / ht == wt, "scc: `ht` * `wt` must equal the target size Nt = ",
-                    vol_nt(P), " of `P` ", shape_str(P), ", got ht=", ht, ", wt=", wt);
+  // Nt / ht, not ht * wt: the product wraps around in int64 (ht = 4, wt = 2^62 + 2 "equals" Nt = 8)
+  TORCH_CHECK_VALUE(ht > 0 && wt > 0 && vol_nt(P) % ht == 0 && vol_nt(P) / ht == wt,
+                    "scc: `ht` * `wt` must equal the target size Nt = ", vol_nt(P), " of `P` ", shape_str(P),
+                    ", got ht=", ht, ", wt=", wt);
   TORCH_CHECK_VALUE(P.dim() != 5 || (P.size(3) == ht && P.size(4) == wt), "scc: `ht`, `wt` = (", ht, ", ", wt,
                     ") do not match the target axes of `P` ", shape_str(P));
   check_window(window);
