@@ -1,7 +1,7 @@
 """GPU timings of every scc kernel against the reference composite, torch.compile of it, bare
 torch.bmm (correlation) and NC-Net's conv3d loop (conv4d), with achieved TFLOP/s and GB/s against
 the roofline floors: 800 TFLOP/s bf16 dense (H100), and the copy bandwidth measured at the start of the run
-(a 1 GiB device-to-device copy; about 3.0 TB/s on the H100 of runs 1-3, more on an H200).
+(a 1 GiB device-to-device copy; runs 1-3 used a fixed 3.0 TB/s for the H100).
 
 Run by benchmarks/gpu_check.sh on a GPU machine: `python benchmarks/bench_gpu.py --out DIR`.
 Times are triton.testing.do_bench medians (synchronised, ms). Writes DIR/gpu_bench.json and .md.

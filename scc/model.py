@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import math
 import os
 
@@ -152,14 +153,14 @@ class SCCNet(nn.Module):
             self._range_checked = True
         img = img.to(self.backbone.mean.dtype)  # float64 (numpy's / 255.0) or half images: the backbone's dtype
         h, w = math.ceil(img.shape[2] / self.stride), math.ceil(img.shape[3] / self.stride)
-        if self.config.align_stages:
-            # output cell (y, x) reads the stage at ((y + 0.5) stride / s - 0.5, ...): the scale passed to the
-            # resampler fixes the mapping, whatever the stage's size (F.interpolate's size= cannot)
-            feats = [torch.ops.aten.upsample_bilinear2d.default(f, [h, w], False, s / self.stride, s / self.stride)
-                     for f, s in zip(self.backbone(img), self.backbone.strides)]
-        else:
-            feats = [F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False) for f in self.backbone(img)]
-        feats = [F.normalize(f, dim=1) for f in feats]
+        feats = []
+        for f, s in zip(self.backbone(img), self.backbone.strides):
+            # align_stages: output cell (y, x) reads the stage at ((y + 0.5) stride / s - 0.5, ...), the scale
+            # fixing the mapping whatever the stage's size; without a scale (F.interpolate(size=...)'s own call)
+            # the stage is stretched over the grid
+            scale = s / self.stride if self.config.align_stages else None
+            f = torch.ops.aten.upsample_bilinear2d.default(f, [h, w], False, scale, scale)
+            feats.append(F.normalize(f, dim=1))
         return F.normalize(torch.cat(feats, dim=1), dim=1)
 
     def project(self, hyper: torch.Tensor) -> torch.Tensor:
@@ -327,9 +328,11 @@ class SCCNet(nn.Module):
     def from_checkpoint(cls, path: str, map_location="cpu") -> "SCCNet":
         if not os.path.isfile(path):
             raise FileNotFoundError(f"scc: checkpoint not found: {path}")
+        with open(path, "rb") as f:
+            data = f.read()  # read once: loaded and hashed (identity() names the weights)
         try:
             # weights_only: a checkpoint from someone else must not be able to run code on load
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception as exc:
             # `scc train`'s last.pt (optimizer and RNG states) is refused by weights_only: say so, not torch's advice
             hint = (f"; {path} looks like a training state (last.pt, for --resume): the model alone is model.pt "
@@ -346,8 +349,6 @@ class SCCNet(nn.Module):
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
             raise ValueError(f"scc: checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}")
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        net.checkpoint = dict(path=os.path.abspath(path), sha256=digest,
+        net.checkpoint = dict(path=os.path.abspath(path), sha256=hashlib.sha256(data).hexdigest(),
                               **{k: payload[k] for k in ("step", "git_commit") if k in payload})
         return net.eval()  # for inference; a training loop calls train() itself

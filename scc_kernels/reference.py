@@ -187,8 +187,9 @@ def soft_argmax(P: torch.Tensor, ht: int, wt: int, window: int = -1, beta: float
     p = _flat(P)
     conf, arg = p.max(dim=2)
     x = grid_coords(ht, wt, p.dtype, p.device)  # (Nt, 2)
-    weight = p**beta
-    if window >= 0:
+    if window < 0:
+        weight = p**beta
+    else:
         window = min(window, max(ht, wt))  # the same cells (it covers the grid); keeps the comparison in int64
         row, col = arg // wt, arg % wt
         within = ((x[None, None, :, 1] - row[..., None]).abs() <= window) & (

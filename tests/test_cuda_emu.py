@@ -76,20 +76,16 @@ __global__ void neighbour_kernel(bool barrier, float* __restrict__ out) {
 
 }  // namespace
 
-at::Tensor row_sum(const at::Tensor& x) {
+// with `smem` bytes of dynamic shared memory (at least the row), beside block_sum's static 128 bytes
+at::Tensor row_sum_smem(const at::Tensor& x, int64_t smem) {
   at::Tensor out = at::empty({x.size(0)}, x.options());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  row_sum_kernel<<<x.size(0), 1024, x.size(1) * sizeof(float), stream>>>(x.const_data_ptr<float>(), x.size(1),
-                                                                          out.mutable_data_ptr<float>());
+  row_sum_kernel<<<x.size(0), 1024, smem, stream>>>(x.const_data_ptr<float>(), x.size(1),
+                                                    out.mutable_data_ptr<float>());
   return out;
 }
 
-// row_sum with `smem` bytes of dynamic shared memory (at least the row): beside block_sum's static 128 bytes.
-at::Tensor row_sum_smem(const at::Tensor& x, int64_t smem) {
-  at::Tensor out = at::empty({x.size(0)}, x.options());
-  row_sum_kernel<<<x.size(0), 1024, smem>>>(x.const_data_ptr<float>(), x.size(1), out.mutable_data_ptr<float>());
-  return out;
-}
+at::Tensor row_sum(const at::Tensor& x) { return row_sum_smem(x, x.size(1) * sizeof(float)); }
 
 at::Tensor unwritten_smem() {
   at::Tensor out = at::empty({64}, at::kFloat);

@@ -27,6 +27,12 @@ def _fake_cuda(*shapes, requires_grad=False):
         return mode, [torch.randn(*s, device="cuda", requires_grad=requires_grad) for s in shapes]
 
 
+def _match_backward(a, b):
+    """fused_match's forward, then its backward with the forward's outputs as the incoming gradients."""
+    flow, conf, arg, lse = torch.ops.scc.fused_match_triton(a, b, 0.1, 1)
+    return torch.ops.scc.fused_match_triton_backward(flow, conf, a, b, 0.1, 1, flow, arg, lse)
+
+
 def _graph(fn, args, mode) -> str:
     """The forward graph AOT autograd hands to the compiler. (A backward graph cannot be traced without a
     GPU: the autograd engine wants a CUDA context; the backward ops are traced as forward calls instead, and
@@ -75,11 +81,7 @@ def test_compiler_sees_the_fused_match_kernels():
     fw = _graph(lambda a, b: scc_kernels.fused_match(a, b, 0.1, 1)[:2], (fs, ft), mode)
     assert "triton_kernel_wrapper_functional(" in fw and "scc.fused_match" not in fw
 
-    def backward(a, b):
-        flow, conf, arg, lse = torch.ops.scc.fused_match_triton(a, b, 0.1, 1)
-        return torch.ops.scc.fused_match_triton_backward(flow, conf, a, b, 0.1, 1, flow, arg, lse)
-
-    bw = _graph(backward, (fs, ft), mode)
+    bw = _graph(_match_backward, (fs, ft), mode)
     # forward: norms (one launch for both maps), the streaming pass; backward: norms, row statistics, grad_fs,
     # grad_ft
     assert bw.count("triton_kernel_wrapper_functional(") == 6 and "scc.fused_match" not in bw
@@ -96,11 +98,7 @@ def test_fused_match_fits_the_device_shared_memory(monkeypatch, smem, resident):
     with mode:
         fs, ft = fs.bfloat16(), ft.bfloat16()
 
-    def backward(a, b):
-        flow, conf, arg, lse = torch.ops.scc.fused_match_triton(a, b, 0.1, 1)
-        return torch.ops.scc.fused_match_triton_backward(flow, conf, a, b, 0.1, 1, flow, arg, lse)
-
-    bw = _graph(backward, (fs, ft), mode)
+    bw = _graph(_match_backward, (fs, ft), mode)
     flags = [line for line in bw.splitlines() if "RESIDENT" in line]
     assert len(flags) == 4, bw  # forward, row statistics, grad_fs, grad_ft
     assert all(("'RESIDENT': True" in f or "RESIDENT = True" in f) == resident for f in flags), flags
@@ -147,14 +145,10 @@ def test_compiler_sees_only_outputs_written(sm90_target, shape):
     b, _, h, w = shape
     mode, (fs, ft, g) = _fake_cuda(shape, shape, (b, h, w, h, w))
 
-    def match_backward(a, b):
-        flow, conf, arg, lse = torch.ops.scc.fused_match_triton(a, b, 0.1, 1)
-        return torch.ops.scc.fused_match_triton_backward(flow, conf, a, b, 0.1, 1, flow, arg, lse)
-
     graphs = [_graph(lambda a, b: scc_kernels.correlation(a, b), (fs, ft), mode),
               _graph(lambda gr, a, b: torch.ops.scc.correlation_triton_backward(gr, a, b, True, True, 1e-6),
                      (g, fs, ft), mode),
-              _graph(match_backward, (fs, ft), mode)]
+              _graph(_match_backward, (fs, ft), mode)]
     written = [w for graph in graphs for w in _written(graph)]
     corr_fw = [["out_ptr"]] if b * (h * w) ** 2 <= 2**24 else [["norm_ptr"], ["out_ptr"]]
     assert written == corr_fw + [["norm_ptr"], ["A_ptr", "rowq_ptr", "colq_ptr"]] + [

@@ -357,10 +357,12 @@ SMEM_TUNED = 227 * 1024
 def _smem_per_block(index: int) -> int:
     props = torch.cuda.get_device_properties(index)
     optin = getattr(props, "shared_memory_per_block_optin", None)
-    if optin is None:  # a torch without the field: by architecture (sm_90 / sm_100 227 KiB, sm_80 163 KiB)
-        optin = {9: SMEM_TUNED, 10: SMEM_TUNED}.get(props.major, 163 * 1024 if props.major == 8 and props.minor == 0
-                                                     else 99 * 1024)
-    return optin
+    if optin is not None:
+        return optin
+    # a torch without the field: by architecture
+    if props.major in (9, 10):
+        return SMEM_TUNED
+    return 163 * 1024 if (props.major, props.minor) == (8, 0) else 99 * 1024
 
 
 def small_smem(device: torch.device) -> bool:

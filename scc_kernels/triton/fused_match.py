@@ -62,14 +62,9 @@ BWD_CONFIGS = {
 SMALL_SMEM = dict(RESIDENT_C=0)
 
 
-def fwd_config(dtype: torch.dtype, device: torch.device) -> dict:
-    """FWD_CONFIGS' entry for dtype, made to fit the device's shared memory."""
-    return {**FWD_CONFIGS[dtype], **(SMALL_SMEM if small_smem(device) else {})}
-
-
-def bwd_config(dtype: torch.dtype, device: torch.device) -> dict:
-    """BWD_CONFIGS' entry for dtype, made to fit the device's shared memory."""
-    return {**BWD_CONFIGS[dtype], **(SMALL_SMEM if small_smem(device) else {})}
+def device_config(configs: dict, dtype: torch.dtype, device: torch.device) -> dict:
+    """The entry for dtype of FWD_CONFIGS or BWD_CONFIGS, made to fit the device's shared memory."""
+    return {**configs[dtype], **(SMALL_SMEM if small_smem(device) else {})}
 
 
 @triton.jit
@@ -447,12 +442,12 @@ def _grad_cfgs(cfg: dict, c: int) -> tuple[dict, dict]:
 
 def fused_match_fwd(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int = -1, **config):
     """fs (B, C, hs, ws), ft (B, C, ht, wt) -> flow (B, hs, ws, 2) fp32, conf (B, hs, ws) fp32,
-    argmax (B, hs, ws) int64, lse (B, Ns) fp32. ``config`` overrides entries of fwd_config's."""
+    argmax (B, hs, ws) int64, lse (B, Ns) fp32. ``config`` overrides entries of device_config's."""
     b, c, hs, ws = fs.shape
     ht, wt = ft.shape[-2:]
     fs3, ft3 = _flat(fs, ft)
     ns, nt = hs * ws, ht * wt
-    cfg = _launch_cfg({**fwd_config(fs.dtype, fs.device), **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    cfg = _launch_cfg({**device_config(FWD_CONFIGS, fs.dtype, fs.device), **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     dev = fs.device
     flow = new_output((b, hs, ws, 2), torch.float32, dev)
     conf = new_output((b, hs, ws), torch.float32, dev)
@@ -471,8 +466,8 @@ def fused_match_fwd(fs: torch.Tensor, ft: torch.Tensor, tau: float, window: int 
 
 def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argmax, lse, **config):
     """Gradients of fused_match_fwd's flow and conf w.r.t. fs and ft (input dtype), by recomputation.
-    grad_flow / grad_conf may be None (no gradient). ``config`` overrides entries of bwd_config's and of
-    fwd_config's, used by the row-statistics kernel."""
+    grad_flow / grad_conf may be None (no gradient). ``config`` overrides entries of the device_config of
+    BWD_CONFIGS and of FWD_CONFIGS (used by the row-statistics kernel)."""
     b, c, hs, ws = fs.shape
     ht, wt = ft.shape[-2:]
     fs3, ft3 = _flat(fs, ft)
@@ -494,7 +489,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     S = new_output((b, ns), torch.float32, dev)
     conf = new_output((b, ns), torch.float32, dev)
     Z = new_output((b, ns), torch.float32, dev)
-    scfg = _launch_cfg({**fwd_config(fs.dtype, dev), **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    scfg = _launch_cfg({**device_config(FWD_CONFIGS, fs.dtype, dev), **config}, c, ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     wrap_triton(_row_stats_kernel)[(cdiv(ns, scfg["BLOCK_M"]), b)](
         fs3, ft3, na, nb, arg, lse, dflow, S, conf, Z, *common, EPS, radius, WINDOWED=windowed, **scfg,
     )
@@ -515,7 +510,7 @@ def fused_match_bwd(grad_flow, grad_conf, fs, ft, tau: float, window: int, argma
     grad_fs = new_output(fs3.shape, fs3.dtype, dev)  # row-padded like fs3 / ft3
     grad_ft = new_output(ft3.shape, ft3.dtype, dev)
     args = (*common, 1.0 / tau, EPS, radius)
-    fs_cfg, ft_cfg = _grad_cfgs({**bwd_config(fs.dtype, dev), **config}, c)
+    fs_cfg, ft_cfg = _grad_cfgs({**device_config(BWD_CONFIGS, fs.dtype, dev), **config}, c)
     wrap_triton(_grad_fs_kernel)[(cdiv(ns, fs_cfg["BLOCK_M"]), cdiv(c, fs_cfg["BLOCK_C"]), b)](
         fs3, ft3, nb, coef, arg, grad_fs, *args, WINDOWED=windowed, **fs_cfg)
     wrap_triton(_grad_ft_kernel)[(cdiv(nt, ft_cfg["BLOCK_N"]), cdiv(c, ft_cfg["BLOCK_C"]), b)](
