@@ -3,8 +3,8 @@ interchangeable supervision strategies (DHPF-style): ``strategy.loss(model, batc
 total loss and a dict of its named terms.
 
 Weak (class labels only):
-  image level  -- MIL over pairs: a positive pair (same class) must score higher than the negatives made by
-                  rolling the targets of the batch (pairs of different classes only);
+  image level  -- MIL over pairs: a positive pair (same class) must score higher than the negatives of the
+                  batch (negative_index: every item is the source of one and the target of one);
   region level -- soft masks M(i) = sigmoid((m_pos(i) - m_neg(i) - b) / t) from matchability m(i) = max_j C_ij,
                   and a hinge MIL loss: top-k% of m_pos inside the mask above top-k% of m_neg;
   pixel level  -- online pseudo-labels from masked voting + calibration (confident, mutual, inside both
@@ -72,16 +72,43 @@ def pair_score(corr: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def negative_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairs (i, (i + k) mod B) of different classes, for the smallest roll k that gives any:
-    -> (source indices, target indices). Empty when every item has the same class."""
+    """Negative pairs of a batch, so that every item is the source of one and the target of one: (i, the next
+    item of another class after i, cyclically) and (the previous item of another class before j, j), without
+    repeats, ordered by (source, target). -> (source indices, target indices); empty when every item has the
+    same class. (A single roll of the batch would leave the items whose partner shares their class without a
+    negative: no m_neg, a mask of ones, no region loss.)"""
     b = labels.shape[0]
     idx = torch.arange(b, device=labels.device)
-    for k in range(1, b):
-        j = (idx + k) % b
-        keep = labels != labels[j]
-        if keep.any():
-            return idx[keep], j[keep]
-    return idx[:0], idx[:0]
+    k = torch.arange(1, b, device=labels.device)
+    nxt = (idx[:, None] + k) % b  # (B, B-1): the items after i, nearest first
+    prv = (idx[:, None] - k) % b
+    differs_n, differs_p = labels[nxt] != labels[:, None], labels[prv] != labels[:, None]
+    has = differs_n.any(dim=1)  # the same for both directions: some item has another class
+    if b < 2 or not has.any():
+        return idx[:0], idx[:0]
+    first_n, first_p = differs_n.int().argmax(dim=1), differs_p.int().argmax(dim=1)  # first True
+    src = torch.cat([idx, prv[idx, first_p]])
+    trg = torch.cat([nxt[idx, first_n], idx])
+    pair = torch.unique(src * b + trg)  # sorted: source-major
+    return pair // b, pair % b
+
+
+def _select(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[idx] along the batch axis, as a product with a one-hot matrix: the same values, and a backward that sums
+    an item's repeats in a fixed order (x[idx]'s backward is an atomic scatter-add, on CPU threads as on CUDA, so
+    repeated indices made training differ from run to run)."""
+    onehot = F.one_hot(idx, x.shape[0]).to(x.dtype)  # (P, B)
+    with torch.autocast(x.device.type, enabled=False):  # autocast would round x to 16 bits
+        return (onehot @ x.flatten(1)).view(len(idx), *x.shape[1:])
+
+
+def _mean_by(idx: torch.Tensor, x: torch.Tensor, b: int) -> torch.Tensor:
+    """The mean of x's rows (P, ...) over the rows of each item that idx (P,) names: (b, ...); 0 where none, as a
+    product with a fixed matrix (an index_add would sum repeats atomically on CUDA)."""
+    onehot = F.one_hot(idx, b).to(x.dtype).T  # (b, P)
+    with torch.autocast(x.device.type, enabled=False):
+        mean = onehot / onehot.sum(1, keepdim=True).clamp(min=1)
+        return (mean @ x.flatten(1)).view(b, *x.shape[1:])
 
 
 def image_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
@@ -186,10 +213,14 @@ class WeakSupervision:
         fs, ft = features(model, batch)
         labels = torch.as_tensor(batch["label"], device=fs.device)
         src_i, trg_j = negative_index(labels)
-        if src_i.numel() == 0:
-            raise ValueError("scc: weak supervision needs images of at least two classes in a batch")
         corr_pos = model.filtered_volume(fs, ft)
-        corr_neg = model.filtered_volume(fs[src_i], ft[trg_j])
+        if src_i.numel() == 0:
+            # A batch (or a DDP rank's shard) of one class has no negatives, so no weak term exists. Rather
+            # than stop a run on a draw of the sampler, the step contributes nothing (a zero loss that still
+            # reaches the parameters, so DDP's all-reduce runs on every rank) and says so in the metrics.
+            self.last = None
+            return corr_pos.sum() * 0.0, {"single_class_batch": 1.0}
+        corr_neg = model.filtered_volume(_select(fs, src_i), _select(ft, trg_j))
         s_pos, s_neg = pair_score(corr_pos, cfg.tau), pair_score(corr_neg, cfg.tau)
         terms = {"image": image_loss(s_pos, s_neg, cfg)}
         total = terms["image"]
@@ -197,10 +228,7 @@ class WeakSupervision:
         if self.use_region:
             ms_neg, mt_neg = matchability(corr_neg)
             # m_neg of item i: the mean over the negatives it takes part in (as source, resp. as target)
-            ms_n = torch.zeros_like(ms_pos).index_add(0, src_i, ms_neg)
-            ms_n = ms_n / torch.bincount(src_i, minlength=len(labels)).clamp(min=1).view(-1, 1, 1)
-            mt_n = torch.zeros_like(mt_pos).index_add(0, trg_j, mt_neg)
-            mt_n = mt_n / torch.bincount(trg_j, minlength=len(labels)).clamp(min=1).view(-1, 1, 1)
+            ms_n, mt_n = _mean_by(src_i, ms_neg, len(labels)), _mean_by(trg_j, mt_neg, len(labels))
             mask_s, mask_t = region_masks(ms_pos, ms_n, cfg), region_masks(mt_pos, mt_n, cfg)
             terms["region"] = 0.5 * (region_loss(ms_pos, ms_n, mask_s, cfg) + region_loss(mt_pos, mt_n, mask_t, cfg))
             total = total + cfg.lambda_region * terms["region"]

@@ -4,7 +4,8 @@ One process (CPU or one GPU), or several under torchrun (`torchrun --nproc_per_n
 DistributedDataParallel, gloo on CPU and nccl on GPUs, each rank taking an equal share of every global
 batch (`batch_size` is the global batch), rank 0 logging, validating and checkpointing. Gradients are
 averaged over ranks, so keypoint (strong) training equals a single process with the same global batch;
-weak training forms its batch-rolled negatives within each rank's share, so it does not. Deterministic:
+weak training forms its different-class negatives within each rank's share, so it does not (a share of one
+class has none: its step adds nothing, logged as `single_class_batch`). Deterministic:
 the batch of every step is a pure function of (seed, step), so ``--resume`` continues from the last
 checkpoint with the same optimizer, scheduler, RNG and data order, and an interrupted run ends with the
 same weights as an uninterrupted one (on CUDA, cuDNN and cuBLAS run in deterministic mode; a PyTorch op

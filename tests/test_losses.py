@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scc.losses import (LossConfig, StrongSupervision, WeakSupervision, image_loss, matchability, negative_index,
+from scc.losses import (LossConfig, _mean_by, _select, StrongSupervision, WeakSupervision, image_loss, matchability, negative_index,
                         bin_loss, pair_score, pixel_loss, pixel_weight, pseudo_labels, region_masks)
 from scc.model import ModelConfig, SCCNet
 
@@ -22,12 +22,42 @@ def test_pair_score_prefers_matching_pairs():
     assert 0 < other.item() < same.item() <= 1
 
 
-def test_negative_index_keeps_only_different_classes():
+def test_negative_index_gives_every_item_a_negative_both_ways():
     src, trg = negative_index(torch.tensor([0, 0, 1, 2]))
-    assert src.tolist() == [1, 2, 3] and trg.tolist() == [2, 3, 0]  # roll by 1; (0 -> 1) is same-class
-    src, trg = negative_index(torch.tensor([0, 0, 1, 1]))  # roll 1 gives 2 negatives
-    assert src.tolist() == [1, 3] and trg.tolist() == [2, 0]
+    # next other-class item of each i, and previous other-class item of each j; (0 -> 1) is same-class
+    assert list(zip(src.tolist(), trg.tolist())) == [(0, 2), (1, 2), (2, 3), (3, 0), (3, 1)]
+    src, trg = negative_index(torch.tensor([0, 1, 0, 1]))  # one roll already pairs everyone: no extra pairs
+    assert list(zip(src.tolist(), trg.tolist())) == [(0, 1), (1, 2), (2, 3), (3, 0)]
     assert negative_index(torch.tensor([3, 3]))[0].numel() == 0
+    assert negative_index(torch.tensor([5]))[0].numel() == 0
+    g = torch.Generator().manual_seed(0)
+    for b in (2, 3, 5, 8, 13):
+        for _ in range(50):
+            labels = torch.randint(0, 3, (b,), generator=g)
+            src, trg = negative_index(labels)
+            if labels.unique().numel() < 2:
+                assert src.numel() == 0
+                continue
+            assert (labels[src] != labels[trg]).all()
+            assert set(src.tolist()) == set(range(b)) and set(trg.tolist()) == set(range(b))
+            pairs = list(zip(src.tolist(), trg.tolist()))
+            assert pairs == sorted(set(pairs)) and len(pairs) <= 2 * b
+
+
+def test_negative_rows_are_selected_and_averaged_exactly():
+    # negatives repeat items: their selection and the m_neg means are products with fixed matrices, whose
+    # backward adds the repeats in a fixed order (x[idx]'s scatter-add made training differ from run to run)
+    x = torch.randn(4, 3, 5, 2, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([3, 0, 3, 1, 3])
+    sel = _select(x, idx)
+    assert torch.equal(sel, x[idx])
+    up = torch.randn_like(sel)
+    (gx,) = torch.autograd.grad(sel, x, up)
+    torch.testing.assert_close(gx, torch.zeros_like(x).index_add(0, idx, up), rtol=1e-15, atol=1e-15)
+    mean = _mean_by(idx, sel, 5)
+    assert mean.shape == (5, 3, 5, 2) and not mean[2].any() and not mean[4].any()  # no rows: 0
+    torch.testing.assert_close(mean[3], x[3].expand(3, -1, -1, -1).mean(0))
+    torch.testing.assert_close(mean[:2], x[[0, 1]])
 
 
 @pytest.mark.parametrize("kind", ["diff", "softplus"])
@@ -89,8 +119,12 @@ def test_weak_supervision_runs_and_backpropagates_to_the_projection():
     assert {"image", "region", "pixel", "s_pos", "s_neg"} <= set(terms)
     loss.backward()
     assert net.proj.weight.grad is not None and net.proj.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="at least two classes"):
-        WeakSupervision().loss(net, dict(batch, label=torch.tensor([1, 1, 1])), 0)
+    # a batch of one class has no negatives: it contributes nothing, says so, and still reaches the parameters
+    net.zero_grad()
+    loss, terms = WeakSupervision().loss(net, dict(batch, label=torch.tensor([1, 1, 1])), 0)
+    assert terms == {"single_class_batch": 1.0} and loss.item() == 0
+    loss.backward()
+    assert net.proj.weight.grad is not None and not net.proj.weight.grad.any()
 
 
 def test_strong_supervision_keypoint_loss():
