@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -14,6 +15,11 @@
 #include <vector>
 
 namespace scc {
+
+// For ATen calls inside at::parallel_for. Worker threads do not inherit the dispatch state of the thread that
+// called the op (autograd excluded below a custom op), so on an input that requires grad they would record
+// autograd graphs, and refuse out= variants. Each lambda that calls ATen starts with one of these.
+using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
 
 // a > b with NaN above every number (torch.max / amax / argmax: a NaN is the maximum; with a "first index
 // wins ties" rule, the first NaN). Not a > b alone: that leaves a NaN maximum to wherever the scan began.

@@ -174,6 +174,22 @@ def test_calibrate_rows_far_below_the_bin(dtype, tau, atol):
     assert torch.equal(P.argmax(-1), expect.argmax(-1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_calibrate_with_grad_on_several_threads(dtype):
+    # Enough rows (2 x 1320) for the CPU kernel's blocks of rows (2^15 / Nt = 2048 here) to reach a second thread,
+    # and inputs that require grad. The ATen calls in that thread ran with autograd on (worker threads do not
+    # inherit the caller's dispatch state), and log(out=) refused: the op failed on any machine with 2+ threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        c, g = volume(2, 40, 33, 4, 4, grad=True), volume(2, 40, 33, 4, 4, grad=True)
+        kernel = lambda c_, g_: K.calibrate(c_, g_, 0.7, 0.1, None)  # noqa: E731
+        ref = lambda c_, g_: R.calibrate(c_, g_, 0.7, 0.1, float("-inf"))  # noqa: E731
+        check_grads(kernel, ref, [c, g], dtype, [0])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("window", [-1, 0, 1, 2])

@@ -59,6 +59,7 @@ std::tuple<at::Tensor, at::Tensor> calibrate(const at::Tensor& corr_in, const at
   const int64_t block = std::max<int64_t>(1, (int64_t(1) << 15) / Nt);
   const double min_log = corr.scalar_type() == at::kDouble ? -708.0 : -87.3;
   at::parallel_for(0, rows, block, [&](int64_t r0, int64_t r1) {
+    const BelowAutograd below_autograd;
     for (int64_t a = r0; a < r1; a += block) {
       const int64_t n = std::min(block, r1 - a);
       at::Tensor l = P2.narrow(0, a, n);

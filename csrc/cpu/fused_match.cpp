@@ -322,6 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_match(const at:
     std::vector<T> xs, ys;
     cell_coords(F.Nt, F.wt, xs, ys);
     at::parallel_for(0, F.B * ntiles, 1, [&](int64_t t0, int64_t t1) {
+      const BelowAutograd below_autograd;
       std::vector<T> m(TI);
       std::vector<Acc> s(TI), sx(TI), sy(TI);
       std::vector<int64_t> best(TI);
@@ -442,6 +443,7 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
     // amplifies either in the cancellation gP - c (the gradients were up to 70x PyTorch's float32 error at tau = 0.004).
     std::vector<GradRow<T>> rows(BN);
     at::parallel_for(0, F.B * ti, 1, [&](int64_t t0, int64_t t1) {
+      const BelowAutograd below_autograd;
       std::vector<double> st(5 * TI);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / ti, i0 = (t % ti) * TI, ni = std::min(TI, F.Ns - i0);
@@ -481,6 +483,7 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
     };
     // grad_fs: tasks own source tiles.
     at::parallel_for(0, F.B * ti, 1, [&](int64_t t0, int64_t t1) {
+      const BelowAutograd below_autograd;
       std::vector<T> rowq(TI);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / ti, i0 = (t % ti) * TI, ni = std::min(TI, F.Ns - i0);
@@ -503,6 +506,7 @@ std::tuple<at::Tensor, at::Tensor> fused_match_backward(const at::Tensor& gflow_
     });
     // grad_ft: tasks own target tiles.
     at::parallel_for(0, F.B * tj, 1, [&](int64_t t0, int64_t t1) {
+      const BelowAutograd below_autograd;
       std::vector<T> colq(TJ);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / tj, j0 = (t % tj) * TJ, nj = std::min(TJ, F.Nt - j0);
