@@ -83,8 +83,7 @@ def negative_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     nxt = (idx[:, None] + k) % b  # (B, B-1): the items after i, nearest first
     prv = (idx[:, None] - k) % b
     differs_n, differs_p = labels[nxt] != labels[:, None], labels[prv] != labels[:, None]
-    has = differs_n.any(dim=1)  # the same for both directions: some item has another class
-    if b < 2 or not has.any():
+    if not differs_n.any():  # one class (or fewer than two items)
         return idx[:0], idx[:0]
     first_n, first_p = differs_n.int().argmax(dim=1), differs_p.int().argmax(dim=1)  # first True
     src = torch.cat([idx, prv[idx, first_p]])
