@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import scc_kernels as K
 
 from .geometry import pixel_to_cell
+from .model import vote_support
 
 
 @dataclasses.dataclass
@@ -135,7 +136,10 @@ def _topk_mean(x: torch.Tensor, frac: float, weight: torch.Tensor | None = None)
 
 
 def region_loss(m_pos, m_neg, mask, cfg: LossConfig) -> torch.Tensor:
-    """Hinge MIL: the top-k% matchability inside the mask must exceed the top-k% against negatives."""
+    """Hinge MIL: the top-k% matchability inside the mask must exceed the top-k% against negatives.
+    "Inside" is soft, m_pos * mask, and k counts every position (region_topk of the image, not of the mask):
+    a mask smaller than that share brings cells near 0 into the positive mean, a prior that the object
+    covers at least region_topk of the image."""
     top_pos = _topk_mean(m_pos, cfg.region_topk, mask)
     top_neg = _topk_mean(m_neg, cfg.region_topk)
     return F.relu(top_neg - top_pos + cfg.region_margin).mean()
@@ -152,10 +156,11 @@ def _pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=N
     """pseudo_labels, the vote g (B, hs, ws, ht, wt) they came from, and the candidates (B, Ns): mutual and
     inside both masks, before the probability threshold."""
     b, hs, ws, ht, wt = corr.shape
-    g = K.masked_vote(corr, mask_s, mask_t, model_cfg.vote_mode, model_cfg.vote_radius, model_cfg.vote_sigma)
+    g, lam = vote_support(corr, mask_s, mask_t, model_cfg)
+    g = g if g is not None else torch.ones_like(corr)  # a model without voting: appearance alone (lam = 0)
     if cfg.pseudo_source == "calibrated":
-        P, _ = K.calibrate(corr, g, model_cfg.lam, model_cfg.tau, bin_logit)
-        Pb, _ = K.calibrate(corr.permute(0, 3, 4, 1, 2), g.permute(0, 3, 4, 1, 2), model_cfg.lam, model_cfg.tau, bin_logit)
+        P, _ = K.calibrate(corr, g, lam, model_cfg.tau, bin_logit)
+        Pb, _ = K.calibrate(corr.permute(0, 3, 4, 1, 2), g.permute(0, 3, 4, 1, 2), lam, model_cfg.tau, bin_logit)
         p_min = cfg.p_min
     elif cfg.pseudo_source == "vote":
         P = (corr * g).reshape(b, hs * ws, ht * wt)
@@ -174,12 +179,12 @@ def bin_loss(corr_pos, g_pos, target, valid, corr_neg, model_cfg, bin_logit) -> 
     """Loss of the "no match" logit z (volumes detached, so z alone learns): at the pseudo-labelled source
     positions of same-class pairs -log P_ij*, at every source position of the different-class pairs
     -log P_unmatched; the two halves weigh the same, so z settles where the bin separates them."""
-    lam, tau = model_cfg.lam, model_cfg.tau
+    tau = model_cfg.tau
+    corr_neg = corr_neg.detach()
+    g_neg, lam = vote_support(corr_neg, None, None, model_cfg)
     P, _ = K.calibrate(corr_pos.detach(), g_pos, lam, tau, bin_logit)
     pos = -torch.log(P.gather(2, target[..., None])[..., 0][valid].clamp_min(1e-30)).mean()
-    corr_neg = corr_neg.detach()
-    g_neg = K.masked_vote(corr_neg, None, None, model_cfg.vote_mode, model_cfg.vote_radius, model_cfg.vote_sigma)
-    _, unmatched = K.calibrate(corr_neg, g_neg, lam, tau, bin_logit)
+    _, unmatched = K.calibrate(corr_neg, g_neg if g_neg is not None else torch.ones_like(corr_neg), lam, tau, bin_logit)
     neg = -torch.log(unmatched.clamp_min(1e-30)).mean()
     return 0.5 * (pos + neg)
 

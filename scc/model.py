@@ -75,6 +75,15 @@ class ModelConfig:
     mask_temp: float = 0.05
 
 
+def vote_support(corr: torch.Tensor, mask_s, mask_t, cfg: ModelConfig) -> tuple[torch.Tensor | None, float]:
+    """The geometric support g (B, hs, ws, ht, wt) calibration reads, and its weight lam: the masked vote,
+    or (None, 0.0) when the model does not vote. Training's pseudo-labels and the consistency check read
+    what match() reads, so a model without voting is not trained on labels made with it."""
+    if not cfg.vote:
+        return None, 0.0
+    return K.masked_vote(corr, mask_s, mask_t, cfg.vote_mode, cfg.vote_radius, cfg.vote_sigma), cfg.lam
+
+
 class NeighConsensus(nn.Module):
     """Symmetric 4D convolutions (NC-Net): f(C) + f(C^T)^T with f = conv4d 1->c->1 + ReLU."""
 
@@ -264,14 +273,13 @@ class SCCNet(nn.Module):
             # computed in fp32 (bf16 is 2 px apart between 256 and 512 px, and moves argmaxes)
             corr = corr.float()
         b, hs, ws, ht, wt = corr.shape
-        g = K.masked_vote(corr, mask_s, mask_t, cfg.vote_mode, cfg.vote_radius, cfg.vote_sigma) if cfg.vote else None
+        g, lam = vote_support(corr, mask_s, mask_t, cfg)
         unmatched = None
         if cfg.calibrate:
-            P, unmatched = K.calibrate(corr, g if g is not None else torch.ones_like(corr), cfg.lam if g is not None else 0.0,
-                                       cfg.tau, self.bin_logit if self.bin_logit is not None else None)
+            P, unmatched = K.calibrate(corr, g if g is not None else torch.ones_like(corr), lam, cfg.tau, self.bin_logit)
             window = cfg.window
         else:
-            score = corr * g.clamp(min=0) ** cfg.lam if g is not None else corr
+            score = corr * g.clamp(min=0) ** lam if g is not None else corr
             P, window = score.reshape(b, hs * ws, ht * wt), 0  # hard argmax of the raw scores
         flow, conf = K.soft_argmax(P.reshape(corr.shape), ht, wt, window)
         if not cfg.calibrate:

@@ -51,7 +51,7 @@ from .data.imagefolder import scan_classes, to_square_tensor
 from .evaluate import parse_device
 from .io import atomic_write_json, atomic_write_text
 from .losses import matchability
-from .model import ModelConfig, SCCNet
+from .model import ModelConfig, SCCNet, vote_support
 
 
 @dataclasses.dataclass
@@ -144,9 +144,10 @@ def check_pairs(model: SCCNet, fs: torch.Tensor, ft: torch.Tensor, neg_s: torch.
     ms_pos, mt_pos = matchability(corr)
     mask_s = torch.sigmoid((ms_pos - neg_s - cfg.region_bias) / cfg.region_temp)
     mask_t = torch.sigmoid((mt_pos - neg_t - cfg.region_bias) / cfg.region_temp)
-    g = K.masked_vote(corr, mask_s, mask_t, mc.vote_mode, mc.vote_radius, mc.vote_sigma)
-    P, _ = K.calibrate(corr, g, mc.lam, mc.tau, model.bin_logit)
-    Pb, _ = K.calibrate(corr.permute(0, 3, 4, 1, 2), g.permute(0, 3, 4, 1, 2), mc.lam, mc.tau, model.bin_logit)
+    g, lam = vote_support(corr, mask_s, mask_t, mc)
+    g = g if g is not None else torch.ones_like(corr)
+    P, _ = K.calibrate(corr, g, lam, mc.tau, model.bin_logit)
+    Pb, _ = K.calibrate(corr.permute(0, 3, 4, 1, 2), g.permute(0, 3, 4, 1, 2), lam, mc.tau, model.bin_logit)
     flow, conf = K.soft_argmax(P.reshape(corr.shape), ht, wt, mc.window)  # (B, hs, ws, 2), (B, hs, ws)
     j = P.argmax(dim=2)  # (B, Ns)
     back = Pb.argmax(dim=2).gather(1, j)  # (B, Ns): source cell the cycle returns to

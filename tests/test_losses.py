@@ -99,6 +99,34 @@ def test_pseudo_labels_recover_a_clear_translation(source):
         pseudo_labels(corr, ones_s, ones_t, ModelConfig(), LossConfig(pseudo_source="nope"))
 
 
+def test_pseudo_labels_follow_the_models_voting(monkeypatch):
+    """A model that does not vote is trained on labels made without the vote: calibration of the appearance
+    alone, as match() computes it, and masked_vote is never called."""
+    import scc_kernels as K
+
+    from scc.losses import _pseudo_labels
+
+    torch.manual_seed(1)
+    corr = corr_from(torch.randn(2, 16, 5, 6), torch.randn(2, 16, 4, 7))
+    ms, mt = torch.rand(2, 5, 6) * 0.5 + 0.5, torch.rand(2, 4, 7) * 0.5 + 0.5
+    cfg = LossConfig(p_min=0.05, mask_min=0.6)
+    voting = _pseudo_labels(corr, ms, mt, ModelConfig(), cfg)
+    monkeypatch.setattr(K, "masked_vote", lambda *a, **k: pytest.fail("masked_vote called for a model without voting"))
+    mcfg = ModelConfig(vote=False)
+    target, valid, g, candidate = _pseudo_labels(corr, ms, mt, mcfg, cfg)
+    P = K.calibrate(corr, torch.ones_like(corr), 0.0, mcfg.tau)[0]
+    back = corr.permute(0, 3, 4, 1, 2)
+    Pb = K.calibrate(back, torch.ones_like(back), 0.0, mcfg.tau)[0]
+    conf, j = P.max(2)
+    mutual = Pb.argmax(2).gather(1, j) == torch.arange(30)
+    inside = (ms.flatten(1) > 0.6) & (mt.flatten(1).gather(1, j) > 0.6)
+    assert torch.equal(target, j) and torch.equal(valid, (conf > 0.05) & mutual & inside) and valid.any()
+    assert torch.equal(candidate, mutual & inside) and torch.equal(g, torch.ones_like(corr))
+    assert not torch.equal(voting[1], valid)  # the vote changes which labels are made here
+    z = torch.tensor(0.5, requires_grad=True)
+    assert torch.isfinite(bin_loss(corr, g, target, candidate, corr.flip(0), mcfg, z))  # no vote here either
+
+
 def test_pixel_loss_and_ramp():
     corr = torch.rand(1, 2, 2, 2, 2, requires_grad=True)
     target = torch.tensor([[0, 1, 2, 3]])

@@ -244,3 +244,18 @@ def test_border_cells_are_ignored(folder, tmp_path):
         for p in spair_reader(tmp_path / "out1", split):
             kps = p["src_kps"][:, : p["n_pts"]]
             assert (kps >= 16 - 1).all() and (kps <= 96 - 16).all()  # cells 1..4 only: pixels 16..80
+
+
+@pytest.mark.parametrize("vote", [True, False])
+def test_the_check_votes_as_the_model_does(vote, monkeypatch):
+    """The consistency check reads what match() reads: the masked vote only when the model votes."""
+    from scc.model import ModelConfig, SCCNet
+
+    calls, real = [], PL.K.masked_vote
+    monkeypatch.setattr(PL.K, "masked_vote", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = SCCNet(ModelConfig(backbone_weights=None, proj_dim=8, vote=vote)).eval()
+    fs, ft = torch.randn(2, 8, 5, 6), torch.randn(2, 8, 4, 7)
+    cfg = PL.PseudoLabelConfig(region_bias=-1.0, p_min=0.0, mask_min=0.0, border_cells=0)
+    out = PL.check_pairs(model, fs, ft, torch.zeros(2, 5, 6), torch.zeros(2, 4, 7), cfg)
+    assert len(calls) == int(vote) and len(out) == 2 and sum(len(o["src"]) for o in out) > 0
