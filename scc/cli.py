@@ -1,5 +1,6 @@
 """The `scc` command: `scc eval` (PCK with the protocol written down), `scc match` (a picture), `scc train`,
-`scc pseudo-label` (SPair-71k-layout pseudo-labels) and `scc demo` (the main job end to end)."""
+`scc pseudo-label` (SPair-71k-layout pseudo-labels), `scc show-pseudo-labels` (a picture of them) and `scc demo`
+(the main job end to end)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,20 @@ def cmd_match(args) -> int:
     return 0
 
 
+def cmd_show_pseudo_labels(args) -> int:
+    from .pseudolabel import draw_pair, read_layout
+
+    entries = [(e, a) for e, a in read_layout(args.folder, args.split) if args.category in (None, a["category"])]
+    if not 0 <= args.index < len(entries):
+        which = f"of category {args.category!r} " if args.category else ""
+        raise ValueError(f"scc: --index {args.index} is outside the {len(entries)} {args.split} pairs {which}in "
+                         f"{args.folder}" + (f" (0..{len(entries) - 1})" if entries else ""))
+    _prepare_out(Path(args.out))
+    draw_pair(args.folder, *entries[args.index], args.out, args.side)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="scc", description="Weakly supervised semantic correspondence (SCC).")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -148,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data")
     model_args(m)
     m.set_defaults(func=cmd_match)
+    v = sub.add_parser("show-pseudo-labels", help="draw one pair of a `scc pseudo-label` output with its pseudo-labels")
+    v.add_argument("folder", metavar="DIR", help="the output folder of `scc pseudo-label` (SPair-71k layout)")
+    v.add_argument("--split", default="trn", choices=("trn", "val", "test"))
+    v.add_argument("--category", help="only pairs of this category (a JPEGImages/ folder name)")
+    v.add_argument("--index", type=int, default=0, help="which of those pairs, in the split's order (default 0)")
+    v.add_argument("--side", type=int, default=256, help="longer image side drawn, in pixels")
+    v.add_argument("--out", default="pseudo-labels.png")
+    v.set_defaults(func=cmd_show_pseudo_labels)
     sub.add_parser("train", help="train SCCNet (weak: class labels only; strong: keypoints); see `scc train --help`")
     sub.add_parser("pseudo-label", help="consistency check + pseudo-labels in the SPair-71k layout; see "
                                         "`scc pseudo-label --help`")

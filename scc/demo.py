@@ -155,10 +155,10 @@ def run(cfg: DemoConfig) -> Path:
 
 
 def _pictures(cfg, out, eval_set, model, name, ecfg, labeler) -> list[str]:
-    from .data.common import collate_single, load_image, resize_longer
+    from .data.common import collate_single
     from .evaluate import threshold_kind, threshold_size
-    from .pseudolabel import read_layout
-    from .visualize import draw_matches, draw_transfer
+    from .pseudolabel import draw_pair, read_layout
+    from .visualize import draw_transfer
 
     pics = []
     model = model.eval()
@@ -178,11 +178,8 @@ def _pictures(cfg, out, eval_set, model, name, ecfg, labeler) -> list[str]:
         pics.append(path.name)
     entries = read_layout(labeler.out, "trn") if cfg.pictures else []
     for k, (entry, ann) in enumerate(entries[:: max(1, len(entries) // max(cfg.pictures, 1))][: cfg.pictures]):
-        img_dir = labeler.out / "JPEGImages" / ann["category"]
-        (src, s), (trg, t) = (resize_longer(load_image(img_dir / ann[f"{x}_imname"]), 256) for x in ("src", "trg"))
         path = out / "pictures" / f"pseudo-labels-{k}.png"
-        draw_matches(src, trg, torch.tensor(ann["src_kps"]) * s, torch.tensor(ann["trg_kps"]) * t,
-                     torch.tensor(ann["confidence"]), str(path), title=f"pseudo-labels {entry}")
+        draw_pair(labeler.out, entry, ann, path)
         pics.append(path.name)
     return pics
 

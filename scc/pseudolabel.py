@@ -411,8 +411,22 @@ class PseudoLabeler:
 def read_layout(out: str | Path, split: str = "trn") -> list[tuple[str, dict]]:
     """(entry, annotation) of every pair of a split of the output."""
     out = Path(out)
-    lines = (out / "Layout" / "large" / f"{split}.txt").read_text().split()
-    return [(e, json.loads((out / "PairAnnotation" / split / f"{e}.json").read_text())) for e in lines]
+    listing = out / "Layout" / "large" / f"{split}.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(f"scc: {listing} not found: is {out} the output of `scc pseudo-label` (split {split!r})?")
+    return [(e, json.loads((out / "PairAnnotation" / split / f"{e}.json").read_text())) for e in listing.read_text().split()]
+
+
+def draw_pair(out: str | Path, entry: str, ann: dict, path: str | Path, side: int = 256) -> None:
+    """Picture of one exported pair: its pseudo-labels on the two images (longer side ``side`` pixels),
+    coloured by their match confidence."""
+    from .data.common import resize_longer
+    from .visualize import draw_matches
+
+    img_dir = Path(out) / "JPEGImages" / ann["category"]
+    (src, s), (trg, t) = (resize_longer(load_image(img_dir / ann[f"{x}_imname"]), side) for x in ("src", "trg"))
+    draw_matches(src, trg, torch.tensor(ann["src_kps"]) * s, torch.tensor(ann["trg_kps"]) * t,
+                 torch.tensor(ann["confidence"]), str(path), title=f"pseudo-labels {entry}")
 
 
 def precision(out: str | Path, keypoints: dict, alphas=(0.05, 0.1, 0.15), splits=("trn", "val", "test")) -> dict:

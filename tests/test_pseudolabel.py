@@ -259,3 +259,22 @@ def test_the_check_votes_as_the_model_does(vote, monkeypatch):
     cfg = PL.PseudoLabelConfig(region_bias=-1.0, p_min=0.0, mask_min=0.0, border_cells=0)
     out = PL.check_pairs(model, fs, ft, torch.zeros(2, 5, 6), torch.zeros(2, 4, 7), cfg)
     assert len(calls) == int(vote) and len(out) == 2 and sum(len(o["src"]) for o in out) > 0
+
+
+def test_show_pseudo_labels_draws_a_pair(folder, tmp_path, capsys):
+    from scc.cli import main
+
+    out = tmp_path / "out"
+    s = _run(folder, out, ["min_kps=1"])
+    assert s["pairs"]["trn"] > 0
+    cat = PL.read_layout(out, "trn")[-1][1]["category"]
+    png = tmp_path / "pics" / "pair.png"
+    assert main(["show-pseudo-labels", str(out), "--category", cat, "--out", str(png)]) == 0
+    with Image.open(png) as im:
+        assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 10  # two images and lines, not a blank
+    assert main(["show-pseudo-labels", str(out), "--category", "no-such-class", "--out", str(png)]) == 2
+    assert "outside the 0 trn pairs of category 'no-such-class'" in capsys.readouterr().err
+    assert main(["show-pseudo-labels", str(out), "--index", "-1", "--out", str(png)]) == 2
+    assert "--index -1 is outside" in capsys.readouterr().err
+    assert main(["show-pseudo-labels", str(tmp_path), "--out", str(png)]) == 2
+    assert f"is {tmp_path} the output of `scc pseudo-label`" in capsys.readouterr().err
