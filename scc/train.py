@@ -99,12 +99,20 @@ class TrainConfig:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
 
 
-def git_commit() -> str:
+def git_commit(where: str | None = None) -> str:
+    """HEAD of the checkout the code runs from, with "+dirty" when its code (scc, scc_kernels, csrc) differs
+    from HEAD: a model trained from uncommitted code must not name a commit that did not train it."""
+    where = where or os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=where).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--", ":/scc", ":/scc_kernels", ":/csrc")  # new files too, not ignored ones
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+dirty" if changed else "")
 
 
 # The datasets each mode can train on: their items are resized to squares (a batch stacks them; the PCA init

@@ -250,6 +250,31 @@ def test_model_pt_records_the_training_config_and_commit(tmp_path):
     assert SCCNet.from_checkpoint(str(tmp_path / "model.pt")).config == tr.cfg.model
 
 
+def test_git_commit_says_when_the_code_is_not_the_commit(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git here")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "scc").mkdir()
+    (tmp_path / "scc" / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.md").write_text("a\n")
+    (tmp_path / ".gitignore").write_text("*.so\n")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "c"]):
+        subprocess.run(git + args, cwd=tmp_path, check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    where = str(tmp_path / "scc")  # asked from the package folder, as training does
+    (tmp_path / "notes.md").write_text("b\n")  # not code
+    (tmp_path / "scc" / "_C.so").write_text("")  # a build output, ignored
+    assert T.git_commit(where) == head
+    (tmp_path / "scc" / "a.py").write_text("x = 2\n")
+    assert T.git_commit(where) == head + "+dirty"
+    (tmp_path / "scc" / "a.py").write_text("x = 1\n")
+    (tmp_path / "scc" / "b.py").write_text("")  # new code the commit does not have
+    assert T.git_commit(where) == head + "+dirty"
+
+
 @pytest.mark.parametrize("mode,dataset,why", [("strong", "pf-willow", "no training split"),
                                               ("strong", "tss", "no training split"),
                                               ("strong", "pf-pascal", "aspect ratio"),
