@@ -116,9 +116,11 @@ def cmd_match(args) -> int:
 def cmd_show_pseudo_labels(args) -> int:
     from .pseudolabel import draw_pair, read_layout
 
+    if args.side < 1:
+        raise ValueError(f"scc: --side must be a positive number of pixels, got {args.side}")
     entries = [(e, a) for e, a in read_layout(args.folder, args.split) if args.category in (None, a["category"])]
     if not 0 <= args.index < len(entries):
-        which = f"of category {args.category!r} " if args.category else ""
+        which = f"of category {args.category!r} " if args.category is not None else ""
         raise ValueError(f"scc: --index {args.index} is outside the {len(entries)} {args.split} pairs {which}in "
                          f"{args.folder}" + (f" (0..{len(entries) - 1})" if entries else ""))
     _prepare_out(Path(args.out))

@@ -9,7 +9,8 @@ Weak (class labels only):
                   and a hinge MIL loss: top-k% of m_pos inside the mask above top-k% of m_neg;
   pixel level  -- online pseudo-labels from masked voting + calibration (confident, mutual, inside both
                   masks; no gradient through them) supervise the appearance distribution softmax_j(C / tau),
-                  with a weight ramped up after a warm-up;
+                  with a weight ramped up after a warm-up; a model without voting (ModelConfig.vote false)
+                  makes them from calibrated appearance alone, as its match() does;
   "no match" bin -- with ModelConfig.unmatched_bin, the bin logit z is learned with the pixel loss: the
                   calibrated probability of the best match at the candidate positions (mutual, inside both
                   masks) against the bin's share at every source position of the different-class pairs
@@ -53,7 +54,8 @@ class LossConfig:
     p_min: float = 0.3  # minimum calibrated probability of a pseudo-label
     mask_min: float = 0.5  # both masks must exceed this at a pseudo-label's source and target cells
     # where pseudo-labels come from: "calibrated" (the cascade: calibrated probabilities, p_min threshold) or
-    # "vote" (the ablation without calibration: argmax of corr * g, mutual and inside the masks, no threshold)
+    # "vote" (the ablation without calibration: argmax of corr * g, mutual and inside the masks, no threshold;
+    # needs ModelConfig.vote)
     pseudo_source: str = "calibrated"
     lambda_bin: float = 1.0  # weight of the "no match" bin's loss (only with ModelConfig.unmatched_bin)
 
@@ -151,10 +153,19 @@ def pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=No
     return _pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg, bin_logit)[:2]
 
 
+def check_pseudo_source(cfg: LossConfig, model_cfg) -> None:
+    if cfg.pseudo_source not in ("calibrated", "vote"):
+        raise ValueError(f"scc: LossConfig.pseudo_source must be 'calibrated' or 'vote', got {cfg.pseudo_source!r}")
+    if cfg.pseudo_source == "vote" and not model_cfg.vote:
+        # without the vote, "vote" labels would be every mutual nearest neighbour inside the masks, unthresholded
+        raise ValueError("scc: LossConfig.pseudo_source='vote' takes pseudo-labels from the vote: it needs model.vote=true")
+
+
 @torch.no_grad()
 def _pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=None):
     """pseudo_labels, the vote g (B, hs, ws, ht, wt) they came from, and the candidates (B, Ns): mutual and
     inside both masks, before the probability threshold."""
+    check_pseudo_source(cfg, model_cfg)
     b, hs, ws, ht, wt = corr.shape
     g, lam = vote_support(corr, mask_s, mask_t, model_cfg)
     g = g if g is not None else torch.ones_like(corr)  # a model without voting: appearance alone (lam = 0)
@@ -162,11 +173,9 @@ def _pseudo_labels(corr, mask_s, mask_t, model_cfg, cfg: LossConfig, bin_logit=N
         P, _ = K.calibrate(corr, g, lam, model_cfg.tau, bin_logit)
         Pb, _ = K.calibrate(corr.permute(0, 3, 4, 1, 2), g.permute(0, 3, 4, 1, 2), lam, model_cfg.tau, bin_logit)
         p_min = cfg.p_min
-    elif cfg.pseudo_source == "vote":
+    else:  # "vote"
         P = (corr * g).reshape(b, hs * ws, ht * wt)
         Pb, p_min = P.transpose(1, 2), -1.0
-    else:
-        raise ValueError(f"scc: LossConfig.pseudo_source must be 'calibrated' or 'vote', got {cfg.pseudo_source!r}")
     conf, j = P.max(dim=2)  # (B, Ns)
     back = Pb.argmax(dim=2)  # (B, Nt): best source of each target
     i = torch.arange(hs * ws, device=corr.device).expand(b, -1)

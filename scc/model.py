@@ -49,7 +49,7 @@ class ModelConfig:
     neigh_consensus: bool = False  # learnable symmetric 4D convolutions (1 -> nc_channels -> 1)
     nc_channels: int = 16
     nc_kernel: int = 3
-    vote: bool = True  # masked correspondence voting
+    vote: bool = True  # masked correspondence voting (here, in training's pseudo-labels and in the consistency check)
     vote_mode: str = "local"  # "local" or "global"
     vote_radius: int = 2
     vote_sigma: float = 1.0

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from . import config as cfgmod
 from .io import atomic_save, atomic_write_text
 from .evaluate import parse_device
-from .losses import LossConfig, StrongSupervision, WeakSupervision
+from .losses import LossConfig, StrongSupervision, WeakSupervision, check_pseudo_source
 from .model import ModelConfig, SCCNet
 
 
@@ -311,6 +311,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         if cfg.mode == "weak":
+            if cfg.use_pixel:
+                check_pseudo_source(cfg.loss, cfg.model)  # now, not at the first pixel step
             self.strategy = WeakSupervision(cfg.loss, cfg.use_region, cfg.use_pixel)
         elif cfg.mode == "strong":
             self.strategy = StrongSupervision(cfg.loss)

@@ -97,6 +97,9 @@ def test_pseudo_labels_recover_a_clear_translation(source):
     assert not none.any()  # outside the source mask: no pseudo-label
     with pytest.raises(ValueError, match="pseudo_source"):
         pseudo_labels(corr, ones_s, ones_t, ModelConfig(), LossConfig(pseudo_source="nope"))
+    if source == "vote":  # without the vote these would be every mutual nearest neighbour, unthresholded
+        with pytest.raises(ValueError, match="model.vote=true"):
+            pseudo_labels(corr, ones_s, ones_t, ModelConfig(vote=False), LossConfig(pseudo_source=source))
 
 
 def test_pseudo_labels_follow_the_models_voting(monkeypatch):

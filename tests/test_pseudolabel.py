@@ -261,7 +261,7 @@ def test_the_check_votes_as_the_model_does(vote, monkeypatch):
     assert len(calls) == int(vote) and len(out) == 2 and sum(len(o["src"]) for o in out) > 0
 
 
-def test_show_pseudo_labels_draws_a_pair(folder, tmp_path, capsys):
+def test_show_pseudo_labels_draws_a_pair(folder, tmp_path, capsys, monkeypatch):
     from scc.cli import main
 
     out = tmp_path / "out"
@@ -272,6 +272,12 @@ def test_show_pseudo_labels_draws_a_pair(folder, tmp_path, capsys):
     assert main(["show-pseudo-labels", str(out), "--category", cat, "--out", str(png)]) == 0
     with Image.open(png) as im:
         assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 10  # two images and lines, not a blank
+    drawn = []
+    monkeypatch.setattr(PL, "draw_pair", lambda folder, entry, ann, path, side: drawn.append((entry, side)))
+    assert main(["show-pseudo-labels", str(out), "--category", cat, "--index", "1", "--side", "99", "--out", str(png)]) == 0
+    assert drawn == [([e for e, a in PL.read_layout(out, "trn") if a["category"] == cat][1], 99)]
+    assert main(["show-pseudo-labels", str(out), "--side", "0", "--out", str(png)]) == 2
+    assert "--side must be a positive" in capsys.readouterr().err
     assert main(["show-pseudo-labels", str(out), "--category", "no-such-class", "--out", str(png)]) == 2
     assert "outside the 0 trn pairs of category 'no-such-class'" in capsys.readouterr().err
     assert main(["show-pseudo-labels", str(out), "--index", "-1", "--out", str(png)]) == 2

@@ -195,6 +195,12 @@ def test_identity_projection_needs_the_hyperpixel_width(tmp_path, class_folder):
         T.Trainer(folder_cfg(tmp_path, class_folder, "model.proj_dim=16"))
 
 
+def test_vote_pseudo_labels_need_a_voting_model(tmp_path):
+    with pytest.raises(ValueError, match="pseudo_source='vote' .*model.vote=true"):
+        T.Trainer(cfg(tmp_path, "loss.pseudo_source=vote", "model.vote=false"))
+    T.Trainer(cfg(tmp_path / "no-pixel", "loss.pseudo_source=vote", "model.vote=false", "use_pixel=false"))  # unused
+
+
 def test_init_checkpoint_keeps_a_fine_tuned_backbone(tmp_path):
     T.Trainer(cfg(tmp_path / "ft", "steps=1", "unfreeze_backbone=true")).run(progress=False)
     tr = T.Trainer(cfg(tmp_path / "next", "steps=1", f"init_checkpoint={tmp_path / 'ft' / 'model.pt'}", "mode=strong"))
