@@ -114,17 +114,19 @@ def cmd_match(args) -> int:
 
 
 def cmd_show_pseudo_labels(args) -> int:
-    from .pseudolabel import draw_pair, read_layout
+    from .pseudolabel import draw_pair, layout_entries, read_annotation
 
     if args.side < 1:
         raise ValueError(f"scc: --side must be a positive number of pixels, got {args.side}")
-    entries = [(e, a) for e, a in read_layout(args.folder, args.split) if args.category in (None, a["category"])]
+    # filtered by the entry names (they end in :<category>): only the drawn pair's annotation is read
+    entries = [e for e in layout_entries(args.folder, args.split) if args.category in (None, e.rsplit(":", 1)[1])]
     if not 0 <= args.index < len(entries):
         which = f"of category {args.category!r} " if args.category is not None else ""
         raise ValueError(f"scc: --index {args.index} is outside the {len(entries)} {args.split} pairs {which}in "
                          f"{args.folder}" + (f" (0..{len(entries) - 1})" if entries else ""))
     _prepare_out(Path(args.out))
-    draw_pair(args.folder, *entries[args.index], args.out, args.side)
+    entry = entries[args.index]
+    draw_pair(args.folder, entry, read_annotation(args.folder, args.split, entry), args.out, args.side)
     print(f"wrote {args.out}")
     return 0
 

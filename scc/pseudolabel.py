@@ -408,13 +408,21 @@ class PseudoLabeler:
         os.replace(tmp, dst)
 
 
-def read_layout(out: str | Path, split: str = "trn") -> list[tuple[str, dict]]:
-    """(entry, annotation) of every pair of a split of the output."""
-    out = Path(out)
-    listing = out / "Layout" / "large" / f"{split}.txt"
+def layout_entries(out: str | Path, split: str = "trn") -> list[str]:
+    """Entry names `<idx>-<src>-<trg>:<category>` of a split of the output, in order."""
+    listing = Path(out) / "Layout" / "large" / f"{split}.txt"
     if not listing.is_file():
         raise FileNotFoundError(f"scc: {listing} not found: is {out} the output of `scc pseudo-label` (split {split!r})?")
-    return [(e, json.loads((out / "PairAnnotation" / split / f"{e}.json").read_text())) for e in listing.read_text().split()]
+    return listing.read_text().split()
+
+
+def read_annotation(out: str | Path, split: str, entry: str) -> dict:
+    return json.loads((Path(out) / "PairAnnotation" / split / f"{entry}.json").read_text())
+
+
+def read_layout(out: str | Path, split: str = "trn") -> list[tuple[str, dict]]:
+    """(entry, annotation) of every pair of a split of the output."""
+    return [(e, read_annotation(out, split, e)) for e in layout_entries(out, split)]
 
 
 def draw_pair(out: str | Path, entry: str, ann: dict, path: str | Path, side: int = 256) -> None:

@@ -281,6 +281,8 @@ class Trainer:
         check_train_config(cfg)
         check_train_dataset(cfg)
         self.cfg = cfg
+        # the code this process runs, asked once: files (or HEAD) that change during a run did not train it
+        self.commit = git_commit()
         self.rank, self.world, self.device = _distributed(parse_device(cfg.device))
         if self.device.type == "cuda":
             _deterministic_cuda()
@@ -397,7 +399,7 @@ class Trainer:
     def save(self) -> None:
         if self.rank != 0:
             return
-        config, commit = cfgmod.to_dict(self.cfg), git_commit()
+        config, commit = cfgmod.to_dict(self.cfg), self.commit
         # plain types only: model.pt says how it was trained and still loads with weights_only=True
         self.model.save(str(self.out / "model.pt"), include_backbone=self.keep_backbone,
                         extra=dict(train_config=config, step=self.step, git_commit=commit))
