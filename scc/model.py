@@ -127,6 +127,7 @@ class SCCNet(nn.Module):
         self.register_buffer("bank", None)  # (N, D, h, w): see fill_bank()
         self._range_checked = False  # hyperpixels(): the input range check
         self.checkpoint: dict | None = None  # where the weights came from (from_checkpoint), for result files
+        self.train_config: dict | None = None  # how `scc train` made them (from_checkpoint), when it did
         self.stride = cfg.stride
 
     def train(self, mode: bool = True) -> "SCCNet":
@@ -359,4 +360,5 @@ class SCCNet(nn.Module):
             raise ValueError(f"scc: checkpoint {path} does not fit its config: missing {missing}, unexpected {unexpected}")
         net.checkpoint = dict(path=os.path.abspath(path), sha256=hashlib.sha256(data).hexdigest(),
                               **{k: payload[k] for k in ("step", "git_commit") if k in payload})
+        net.train_config = payload.get("train_config")
         return net.eval()  # for inference; a training loop calls train() itself

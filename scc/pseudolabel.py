@@ -59,13 +59,16 @@ class PseudoLabelConfig:
     data: str = "../shared/data/imagenette/train"  # ImageNet-style class folders
     checkpoint: str | None = None  # SCCNet checkpoint (None: the untrained pipeline)
     out: str = "runs/sc-imagenet"
-    img_size: int = 224  # images are resized to a square of this side (as in training)
+    # None: as the checkpoint was trained (its TrainConfig.img_size and LossConfig's region_bias, region_temp,
+    # mask_min), else TrainConfig's and LossConfig's defaults; a mask made otherwise than in training would
+    # select other cells than the ones the model learnt to label
+    img_size: int | None = None  # images are resized to a square of this side
     max_per_class: int = 0  # use the first N images of each class (0: all)
     pairs_per_class: int = 100  # same-class pairs sampled per class (distinct, unordered)
     negatives: int = 8  # images of other classes whose mean matchability is m_neg (region masks)
-    region_bias: float = 0.0  # b and t of the region masks (as LossConfig)
-    region_temp: float = 0.05
-    mask_min: float = 0.5  # keypoints lie where both masks exceed this; boxes span the cells above it
+    region_bias: float | None = None  # b and t of the region masks
+    region_temp: float | None = None
+    mask_min: float | None = None  # keypoints lie where both masks exceed this; boxes span the cells above it
     cycle_eps: float = 1.0  # forward-backward cycle tolerance, in feature cells
     p_min: float = 0.3  # minimum calibrated probability of the forward match
     nms_cells: float = 2.0  # minimum distance between two keypoints of a pair, in cells, in both images
@@ -94,6 +97,27 @@ def stem_of(path: Path) -> str:
 
 
 # ---- the check ---------------------------------------------------------------------------------------
+
+_FROM_TRAINING = dict(img_size=(), region_bias=("loss",), region_temp=("loss",), mask_min=("loss",))
+
+
+def resolve(cfg: PseudoLabelConfig, model: SCCNet) -> PseudoLabelConfig:
+    """cfg with its unset (None) mask and size fields taken from the model's training config (a checkpoint
+    of `scc train`), or from TrainConfig's and LossConfig's defaults when the model has none."""
+    from .train import TrainConfig  # not at import time: train imports the data and loss modules
+
+    defaults = cfgmod.to_dict(TrainConfig())
+    trained = model.train_config or {}
+    values = {}
+    for name, where in _FROM_TRAINING.items():
+        if getattr(cfg, name) is not None:
+            continue
+        src, dft = trained, defaults
+        for key in where:
+            src, dft = (src or {}).get(key), dft[key]
+        values[name] = src.get(name, dft[name]) if isinstance(src, dict) else dft[name]
+    return dataclasses.replace(cfg, **values) if values else cfg
+
 
 
 def sample_pairs(n: int, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -138,6 +162,7 @@ def check_pairs(model: SCCNet, fs: torch.Tensor, ft: torch.Tensor, neg_s: torch.
     """The consistency check on a batch of pairs. fs, ft: (B, D, h, w) features; neg_s, neg_t: (B, h, w)
     m_neg of the source and target images. -> per pair dict(src (N, 2), trg (N, 2) in resized pixels,
     conf (N,), src_box, trg_box, consistent (count of consistent cells))."""
+    cfg = resolve(cfg, model)
     mc = model.config
     corr = model.filtered_volume(fs, ft)
     b, hs, ws, ht, wt = corr.shape
@@ -199,11 +224,11 @@ class PseudoLabeler:
         if not 0 <= cfg.val_frac + cfg.test_frac < 1 or min(cfg.val_frac, cfg.test_frac) < 0:
             raise ValueError(f"scc: PseudoLabelConfig.val_frac + test_frac must be in [0, 1), got "
                              f"{cfg.val_frac} + {cfg.test_frac}")
-        self.cfg = cfg
         self.device = parse_device(cfg.device)
         if model is None:
             model = SCCNet.from_checkpoint(cfg.checkpoint) if cfg.checkpoint else SCCNet(ModelConfig())
         self.model = model.to(self.device).eval()
+        self.cfg = cfg = resolve(cfg, self.model)  # the values used, in the fingerprint, summary and config.yaml
         if cfg.img_size % self.model.stride:
             raise ValueError(f"scc: PseudoLabelConfig.img_size must be a multiple of the model's stride "
                              f"({self.model.stride}) so cells map to pixels exactly, got {cfg.img_size}")

@@ -246,6 +246,47 @@ def test_border_cells_are_ignored(folder, tmp_path):
             assert (kps >= 16 - 1).all() and (kps <= 96 - 16).all()  # cells 1..4 only: pixels 16..80
 
 
+def test_the_check_masks_as_the_checkpoint_was_trained(folder, tmp_path):
+    """Unset mask and size fields come from the checkpoint's training config; what is set wins; a model
+    without one (the untrained pipeline) gets TrainConfig's and LossConfig's defaults."""
+    from scc.model import ModelConfig, SCCNet
+    from scc.train import TrainConfig
+
+    tc = TrainConfig(img_size=112)
+    tc.loss.region_bias, tc.loss.region_temp, tc.loss.mask_min = 0.2, 0.1, 0.4
+    ck = tmp_path / "model.pt"
+    net = SCCNet(ModelConfig(backbone_weights=None, proj_dim=8))
+    net.save(str(ck), extra=dict(train_config=PL.cfgmod.to_dict(tc)))
+    base = [f"data={folder}", f"out={tmp_path / 'o'}"]
+
+    def used(sets, model=None):
+        c = PL.PseudoLabeler(PL.cfgmod.load(PL.PseudoLabelConfig, None, base + sets), model).cfg
+        return c.img_size, c.region_bias, c.region_temp, c.mask_min
+
+    assert used([f"checkpoint={ck}"]) == (112, 0.2, 0.1, 0.4)
+    assert used([f"checkpoint={ck}", "region_bias=0.0", "img_size=96"]) == (96, 0.0, 0.1, 0.4)
+    assert used([], SCCNet(ModelConfig(backbone_weights=None, proj_dim=8))) == (224, 0.0, 0.05, 0.5)
+    summary_cfg = PL.PseudoLabeler(PL.cfgmod.load(PL.PseudoLabelConfig, None, base + [f"checkpoint={ck}"])).cfg
+    assert PL.cfgmod.to_dict(summary_cfg)["mask_min"] == 0.4  # config.yaml and summary.json hold the values used
+
+
+def test_check_pairs_reads_the_training_mask_threshold():
+    from scc.model import ModelConfig, SCCNet
+
+    torch.manual_seed(0)
+    model = SCCNet(ModelConfig(backbone_weights=None, proj_dim=8)).eval()
+    fs, ft = torch.randn(2, 8, 5, 6), torch.randn(2, 8, 4, 7)
+    cfg = PL.PseudoLabelConfig(region_bias=-1.0, p_min=0.0, border_cells=0)
+
+    def kept():
+        return sum(len(o["src"]) for o in PL.check_pairs(model, fs, ft, torch.zeros(2, 5, 6), torch.zeros(2, 4, 7), cfg))
+
+    model.train_config = {"loss": {"mask_min": 0.0}}
+    assert kept() > 0
+    model.train_config = {"loss": {"mask_min": 1.0}}  # a sigmoid never exceeds 1: no cell is inside
+    assert kept() == 0
+
+
 @pytest.mark.parametrize("vote", [True, False])
 def test_the_check_votes_as_the_model_does(vote, monkeypatch):
     """The consistency check reads what match() reads: the masked vote only when the model votes."""
