@@ -71,7 +71,7 @@ class ModelConfig:
     # Off by default: on PF-WILLOW it does not help (docs/results.md).
     bank_size: int = 0
     bank_topk: int = 0
-    mask_bias: float = 0.0  # as LossConfig.region_bias / region_temp in training
+    mask_bias: float = 0.0  # = LossConfig.region_bias / region_temp of training (the Trainer refuses others)
     mask_temp: float = 0.05
 
 

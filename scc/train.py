@@ -315,6 +315,12 @@ class Trainer:
         if cfg.mode == "weak":
             if cfg.use_pixel:
                 check_pseudo_source(cfg.loss, cfg.model)  # now, not at the first pixel step
+            m, lc = cfg.model, cfg.loss
+            if m.bank_size and (m.mask_bias, m.mask_temp) != (lc.region_bias, lc.region_temp):
+                # the bank's masks stand in for the training masks at inference: other b, t select other cells
+                raise ValueError(f"scc: model.mask_bias / mask_temp ({m.mask_bias}, {m.mask_temp}), the bank's "
+                                 f"inference masks, must equal the training masks' loss.region_bias / region_temp "
+                                 f"({lc.region_bias}, {lc.region_temp}); set them equal")
             self.strategy = WeakSupervision(cfg.loss, cfg.use_region, cfg.use_pixel)
         elif cfg.mode == "strong":
             self.strategy = StrongSupervision(cfg.loss)

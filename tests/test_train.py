@@ -323,6 +323,9 @@ def test_training_fills_the_bank_of_inference_masks(tmp_path, class_folder):
     assert sum(torch.allclose(first[0], b) for b in net.bank) == 1
     with pytest.raises(ValueError, match="bank_size needs a dataset of named images"):
         T.Trainer(cfg(tmp_path / "s", "model.bank_size=5"))
+    with pytest.raises(ValueError, match=r"model.mask_bias / mask_temp \(0.0, 0.05\).*region_temp \(0.1, 0.05\)"):
+        T.Trainer(folder_cfg(tmp_path / "m", class_folder, "model.bank_size=5", "loss.region_bias=0.1"))
+    T.Trainer(folder_cfg(tmp_path / "m", class_folder, "model.bank_size=5", "loss.region_bias=0.1", "model.mask_bias=0.1"))
 
 
 def test_a_finished_bank_run_resumes_and_a_checkpoints_bank_is_not_carried_stale(tmp_path, class_folder):
