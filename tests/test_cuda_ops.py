@@ -418,6 +418,13 @@ def test_conv4d_k7():
     _conv_case(torch.float64, 1, 2, 2, 7, True, src=(3, 5), trg=(7, 9))
 
 
+def test_conv4d_plane_too_large_for_the_grid():
+    # 2^23 rows of width 1: 65625 row tiles of 128 rows, over grid y's 65535 (a ValueError, not a refused launch)
+    x, w = torch.rand(1, 1, 1, 1, 8_400_000, 1, device=DEV), torch.rand(1, 1, 3, 3, 3, 3, device=DEV)
+    with pytest.raises(ValueError, match=r"target plane \(8400000 x 1\) is too large for the CUDA grid"):
+        OPS.conv4d(x, w, None)
+
+
 # ---- argument checks ------------------------------------------------------------------------
 
 @gpu_only

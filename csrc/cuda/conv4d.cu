@@ -290,6 +290,10 @@ void launch_conv(const scalar_t* x, const scalar_t* w, const scalar_t* bias, con
   const int64_t row_tiles = ceil_div(g.h2, kFwdThreads / tx);
   const int ty = static_cast<int>(ceil_div(g.h2, row_tiles));
   const int tiles_w = static_cast<int>(ceil_div(g.w2, static_cast<int64_t>(tx) * kR));
+  // grid y tiles the target plane (checked here: the tiling is this function's): over 2^25 cells, or
+  // 2^23 rows of at most 4 columns
+  TORCH_CHECK_VALUE(row_tiles * tiles_w <= 65535, "scc: conv4d: the target plane (", g.h2, " x ", g.w2,
+                    ") is too large for the CUDA grid (", row_tiles * tiles_w, " tiles, 65535 at most)");
   const dim3 grid(g.batch * g.h1 * g.w1, row_tiles * tiles_w, ceil_div(g.cout, COB));
   const size_t smem = sizeof(acc_t) * ((ty + K - 1) * (tx * kR + K - 1) + COB * K * K);
   conv4d_kernel<scalar_t, acc_t, K, COB><<<grid, dim3(tx, ty), smem, stream>>>(x, w, bias, g, tiles_w, out);
