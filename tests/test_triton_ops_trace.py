@@ -174,3 +174,25 @@ def test_launcher_outputs_are_poisoned():
         src = inspect.getsource(mod).replace(inspect.getsource(TC.new_output), "")
         for alloc in ("torch.empty(", "torch.empty_like(", ".new_empty("):
             assert alloc not in src, f"{mod.__name__}: {alloc} outside new_output"
+
+
+@pytest.mark.parametrize("op", ["correlation", "correlation_backward", "fused_match", "fused_match_backward"])
+def test_a_batch_over_grid_axis_1_is_refused(op):
+    """The batch rides on grid axis 1 (or 2): B > 65535 is a ValueError before any launch, in every op."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    b = 65536
+    with FakeTensorMode():
+        fs, ft = torch.randn(b, 4, 1, 2, device="cuda"), torch.randn(b, 4, 2, 1, device="cuda")
+        call = {
+            "correlation": lambda: torch.ops.scc.correlation_triton(fs, ft, True, True, 1e-6),
+            "correlation_backward": lambda: torch.ops.scc.correlation_triton_backward(
+                torch.randn(b, 1, 2, 2, 1, device="cuda"), fs, ft, True, True, 1e-6),
+            "fused_match": lambda: torch.ops.scc.fused_match_triton(fs, ft, 0.1, 1),
+            "fused_match_backward": lambda: torch.ops.scc.fused_match_triton_backward(
+                torch.randn(b, 1, 2, 2, device="cuda"), torch.randn(b, 1, 2, device="cuda"), fs, ft, 0.1, 1,
+                torch.randn(b, 1, 2, 2, device="cuda"), torch.zeros(b, 1, 2, dtype=torch.int64, device="cuda"),
+                torch.randn(b, 2, device="cuda")),
+        }[op]
+        with pytest.raises(ValueError, match="at most 65535 batch items .*got B = 65536"):
+            call()

@@ -316,9 +316,16 @@ def _corr_bwd_kernel(
              mask=mask_m[:, None] & mask_n[None, :])
 
 
-def check_int32_features(fs: torch.Tensor, ft: torch.Tensor) -> None:
+MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2, which carry the batch (and channel blocks)
+
+
+def check_triton_limits(fs: torch.Tensor, ft: torch.Tensor) -> None:
     """Within one batch item the kernels index features in int32 (channel * row length: 64-bit products in
-    every K-loop would cost registers), so each row-padded (C, h w) map must stay below 2^31 elements."""
+    every K-loop would cost registers), so each row-padded (C, h w) map must stay below 2^31 elements; the
+    batch rides on grid axis 1 or 2, so B is at most 65535 (a ValueError here, not a refused launch)."""
+    if fs.shape[0] > MAX_GRID_YZ:
+        raise ValueError(f"scc: the Triton kernels take at most {MAX_GRID_YZ} batch items (B, grid axis 1), "
+                         f"got B = {fs.shape[0]}; split the batch")
     for name, x in (("fs", fs), ("ft", ft)):
         c, n = x.shape[1], x.shape[2] * x.shape[3]
         if c * (cdiv(n, 16) * 16) >= 2**31:
@@ -327,7 +334,7 @@ def check_int32_features(fs: torch.Tensor, ft: torch.Tensor) -> None:
 
 
 def _flat(fs: torch.Tensor, ft: torch.Tensor):
-    check_int32_features(fs, ft)
+    check_triton_limits(fs, ft)
     fs = fs.contiguous()
     ft = ft.contiguous()
     return fs.flatten(2), ft.flatten(2)

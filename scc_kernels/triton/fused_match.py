@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .correlation import cdiv, check_int32_features, gemm_tile, new_output, norms, pad_rows, small_smem
+from .correlation import cdiv, check_triton_limits, gemm_tile, new_output, norms, pad_rows, small_smem
 
 EPS = 1e-6  # the correlation eps of reference.fused_match
 LOG2E = 1.4426950408889634
@@ -415,7 +415,7 @@ def _grad_ft_kernel(
 
 
 def _flat(fs: torch.Tensor, ft: torch.Tensor):
-    check_int32_features(fs, ft)
+    check_triton_limits(fs, ft)
     return fs.contiguous().flatten(2), ft.contiguous().flatten(2)
 
 
