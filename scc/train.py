@@ -176,6 +176,30 @@ def check_fresh_out(cfg: TrainConfig) -> None:
                          "or pick another out (or set overwrite=true to discard it and start again)")
 
 
+def read_state(path: Path, cfg: TrainConfig, compare_model: bool = True) -> dict:
+    """The training state at `path` (last.pt), refused when unreadable or written with another config than
+    cfg (compare_model=False: all but cfg.model, which an init_checkpoint replaces when the Trainer starts)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"scc: --resume: no checkpoint at {path}")
+    # on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves weights and optimizer
+    # state to the parameters' device
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or not {"config", "model", "optimizer", "step"} <= state.keys():
+            raise ValueError("not a training state (config, model, optimizer, step)")
+    except Exception as exc:  # truncated or foreign: torch's own message names no file
+        raise ValueError(f"scc: --resume: cannot read {path} ({type(exc).__name__}: {exc}); "
+                         "scc writes it atomically, so it was cut short or replaced after") from exc
+    old, new = _same_run(state["config"]), _same_run(cfgmod.to_dict(cfg))
+    if not compare_model:
+        old.pop("model", None), new.pop("model", None)
+    diff = _config_diff(old, new)
+    if diff:
+        raise ValueError(f"scc: --resume: {path} was written with another config ({'; '.join(diff)}); "
+                         f"resume with the same config (see {path.parent / 'config.yaml'})")
+    return state
+
+
 def _same_run(config: dict) -> dict:
     """A run's config as resume compares it: fields added to the configs after the checkpoint was written
     count as their defaults, and `overwrite` (how the folder was claimed, not what trains) is left out."""
@@ -415,21 +439,7 @@ class Trainer:
         atomic_save(state, str(self.last_path))
 
     def resume(self) -> None:
-        if not self.last_path.is_file():
-            raise FileNotFoundError(f"scc: --resume: no checkpoint at {self.last_path}")
-        # on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves weights and optimizer
-        # state to the parameters' device
-        try:
-            state = torch.load(self.last_path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict) or not {"config", "model", "optimizer", "step"} <= state.keys():
-                raise ValueError("not a training state (config, model, optimizer, step)")
-        except Exception as exc:  # truncated or foreign: torch's own message names no file
-            raise ValueError(f"scc: --resume: cannot read {self.last_path} ({type(exc).__name__}: {exc}); "
-                             "scc writes it atomically, so it was cut short or replaced after") from exc
-        diff = _config_diff(_same_run(state["config"]), _same_run(cfgmod.to_dict(self.cfg)))
-        if diff:
-            raise ValueError(f"scc: --resume: {self.last_path} was written with another config ({'; '.join(diff)}); "
-                             f"resume with the same config (see {self.out / 'config.yaml'})")
+        state = read_state(self.last_path, self.cfg)
         if state["config"]["model"].get("unmatched_bin") and "bin_lr" not in state["config"]:
             # written when no loss trained the bin (one optimizer group, no bin term): it cannot continue exactly
             raise ValueError(f"scc: --resume: {self.last_path} was written before the unmatched bin was trained "
@@ -606,8 +616,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = cfgmod.load(TrainConfig, args.config, args.set)
-        if not args.resume:
-            check_fresh_out(cfg)  # before the model, the PCA and the feature cache are computed
+        # before the model, the PCA and the feature cache are computed
+        if args.resume:
+            read_state(Path(cfg.out) / "last.pt", cfg, compare_model=not cfg.init_checkpoint)
+        else:
+            check_fresh_out(cfg)
         trainer = Trainer(cfg)
         if args.resume:
             trainer.resume()

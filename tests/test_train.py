@@ -45,13 +45,19 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     assert not list((tmp_path / "a").glob(".tmp-*"))
 
 
-def test_resume_refuses_another_config(tmp_path):
+def test_resume_refuses_another_config(tmp_path, monkeypatch, capsys):
     T.Trainer(cfg(tmp_path)).run(progress=False, stop_after=3)
     other = T.Trainer(cfg(tmp_path, "lr=0.5", "loss.tau=0.2"))
     with pytest.raises(ValueError, match=r"another config \(loss\.tau: 0\.05 -> 0\.2; lr: 0\.001 -> 0\.5\)"):
         other.resume()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         T.Trainer(cfg(tmp_path / "empty")).resume()
+    # `scc train --resume` refuses before the Trainer starts (its PCA and feature cache can take long)
+    monkeypatch.setattr(T, "Trainer", lambda *a, **k: pytest.fail("the Trainer was built before the refusal"))
+    sets = [x for s in SETS + [f"out={tmp_path}", "lr=0.5"] for x in ("--set", s)]
+    assert T.main(sets + ["--resume"]) == 2
+    assert "another config (lr: 0.001 -> 0.5)" in capsys.readouterr().err
+    monkeypatch.undo()
     last = tmp_path / "last.pt"
     with pytest.raises(ValueError, match="looks like a training state .*model.pt"):  # the easy mix-up in `scc eval`
         SCCNet.from_checkpoint(str(last))
