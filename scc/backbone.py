@@ -80,7 +80,13 @@ class Backbone(nn.Module):
     def __init__(self, name: str = "tf_efficientnet_lite0", out_indices=(2, 3, 4), weights: str | None = "imagenet"):
         super().__init__()
         self.name = name
-        self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
+        if not out_indices:
+            raise ValueError("scc: ModelConfig.feature_stages must name at least one stage")
+        try:
+            self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=tuple(out_indices))
+        except (RuntimeError, IndexError, AssertionError, KeyError) as exc:  # timm's, naming neither field
+            raise ValueError(f"scc: cannot build backbone {name!r} (ModelConfig.backbone) with feature stages "
+                             f"{tuple(out_indices)} (ModelConfig.feature_stages): {type(exc).__name__}: {exc}") from exc
         self.channels = list(self.body.feature_info.channels())
         self.strides = list(self.body.feature_info.reduction())
         if name.startswith("tf_efficientnet_lite"):

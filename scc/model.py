@@ -107,16 +107,35 @@ class NeighConsensus(nn.Module):
         return self._f(corr) + self._f(t).permute(0, 3, 4, 1, 2)
 
 
+_CHOICES = dict(vote_mode=("local", "global"), transfer=("probability", "flow"))
+_AT_LEAST = dict(stride=1, proj_dim=-1, nc_channels=1, vote_radius=0, window=-1, bank_size=0, bank_topk=0)
+_POSITIVE = ("vote_sigma", "tau", "mask_temp", "eps")
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Refuse values the network cannot use, naming the field (they failed deep inside a kernel, or never)."""
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"scc: ModelConfig.{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
+    for name, lo in _AT_LEAST.items():
+        if getattr(cfg, name) < lo:
+            raise ValueError(f"scc: ModelConfig.{name} must be >= {lo}, got {getattr(cfg, name)}")
+    for name in _POSITIVE:
+        if not getattr(cfg, name) > 0 or not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"scc: ModelConfig.{name} must be positive and finite, got {getattr(cfg, name)}")
+    if not math.isfinite(cfg.lam) or cfg.lam < 0:
+        raise ValueError(f"scc: ModelConfig.lam must be >= 0 and finite, got {cfg.lam}")
+
+
 class SCCNet(nn.Module):
     def __init__(self, config: ModelConfig | None = None):
         super().__init__()
         self.config = cfg = config or ModelConfig()
+        check_model_config(cfg)
         self.backbone = Backbone(cfg.backbone, cfg.feature_stages, cfg.backbone_weights)
         # Frozen unless asked (`net.backbone.requires_grad_(True)`, or TrainConfig.unfreeze_backbone): see train()
         self.backbone.requires_grad_(False)
         in_dim = sum(self.backbone.channels)
-        if cfg.proj_dim < -1:
-            raise ValueError(f"scc: ModelConfig.proj_dim must be >= -1, got {cfg.proj_dim}")
         self.proj = nn.Conv2d(in_dim, in_dim if cfg.proj_dim == -1 else cfg.proj_dim, 1) if cfg.proj_dim else None
         if cfg.neigh_consensus and cfg.nc_kernel not in (3, 5, 7):
             # the CUDA conv4d kernel is built for these sizes (the CPU one takes any odd size): a model
@@ -147,8 +166,10 @@ class SCCNet(nn.Module):
         """img: (B, 3, H, W) in [0, 1] -> L2-normalised hyperpixels before the projection
         (B, sum(backbone.channels), ceil(H/s), ceil(W/s)). With a frozen backbone these are what a
         training feature cache stores."""
-        if img.dim() != 4 or img.shape[1] != 3:
-            raise ValueError(f"scc: images must have shape (B, 3, H, W), got {tuple(img.shape)}")
+        if not isinstance(img, torch.Tensor):
+            raise ValueError(f"scc: images must be a torch.Tensor (B, 3, H, W) in [0, 1], got {type(img).__name__}")
+        if img.dim() != 4 or img.shape[1] != 3 or img.numel() == 0:
+            raise ValueError(f"scc: images must have shape (B, 3, H, W) with B, H, W > 0, got {tuple(img.shape)}")
         if not img.is_floating_point():
             raise ValueError(f"scc: images must be floating point in [0, 1], got dtype {img.dtype} (divide uint8 by 255)")
         # the backbone normalises itself: already mean/std-normalised images (DHPF, CATs batches: about -2.1 to
@@ -156,10 +177,12 @@ class SCCNet(nn.Module):
         # and noise through). Data-dependent, so never inside a compiled graph, and on a GPU (a host sync) only
         # on a model's first call: the mistake is systematic.
         if not torch.compiler.is_compiling() and (img.device.type == "cpu" or not self._range_checked):
-            lo, hi = torch.aminmax(img.detach())
+            lo, hi = (float(v) for v in torch.aminmax(img.detach()))  # NaN propagates into both
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"scc: images must be finite, got values in [{lo}, {hi}] (NaN or inf pixels)")
             if lo < -0.5 or hi > 1.5:
                 raise ValueError(f"scc: images must be in [0, 1] (SCCNet applies the backbone's mean/std itself), "
-                                 f"got values in [{float(lo):.2f}, {float(hi):.2f}]; pass un-normalised images")
+                                 f"got values in [{lo:.2f}, {hi:.2f}]; pass un-normalised images")
             self._range_checked = True
         img = img.to(self.backbone.mean.dtype)  # float64 (numpy's / 255.0) or half images: the backbone's dtype
         h, w = math.ceil(img.shape[2] / self.stride), math.ceil(img.shape[3] / self.stride)
@@ -267,6 +290,12 @@ class SCCNet(nn.Module):
     def match_features(self, fs, ft, mask_s=None, mask_t=None) -> dict:
         cfg = self.config
         corr = self.filtered_volume(fs, ft)
+        if not torch.compiler.is_compiling():
+            for name, m in (("mask_s", mask_s), ("mask_t", mask_t)):
+                if m is not None and m.is_floating_point() and m.numel():
+                    lo, hi = torch.aminmax(m.detach())  # NaN propagates into both
+                    if not (lo >= 0 and hi <= 1):
+                        raise ValueError(f"scc: `{name}` must hold values in [0, 1], got [{float(lo)}, {float(hi)}]")
         if mask_s is None and mask_t is None and self.bank is not None and cfg.vote:
             mask_s, mask_t = self.bank_masks(fs, ft, corr)
         if corr.dtype != torch.float32 and corr.dtype != torch.float64:
@@ -306,8 +335,6 @@ class SCCNet(nn.Module):
     def _transfer(self, src_kps: torch.Tensor, out: dict) -> torch.Tensor:
         if self.config.transfer == "flow":
             return transfer_keypoints(out["flow"], src_kps, self.stride)
-        if self.config.transfer != "probability":
-            raise ValueError(f"scc: ModelConfig.transfer must be 'probability' or 'flow', got {self.config.transfer!r}")
         b, hs, ws, ht, wt = out["corr"].shape
         weights = bilinear_weights(pixel_to_cell(src_kps, self.stride), hs, ws).to(out["P"].dtype)  # (B, N, Ns)
         mix = torch.bmm(weights, out["P"])  # (B, N, Nt)

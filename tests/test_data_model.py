@@ -163,6 +163,24 @@ def test_model_config_refuses_what_a_device_cannot_run():
         SCCNet(ModelConfig(backbone_weights=None, proj_dim=-2))
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("stride", 0, "stride must be >= 1"), ("vote_radius", -1, "vote_radius must be >= 0"),
+    ("tau", -1.0, "tau must be positive"), ("tau", float("nan"), "tau must be positive"),
+    ("vote_sigma", 0.0, "vote_sigma must be positive"), ("mask_temp", 0.0, "mask_temp must be positive"),
+    ("lam", -0.5, "lam must be >= 0"), ("window", -2, "window must be >= -1"),
+    ("vote_mode", "diagonal", "vote_mode must be one of"), ("transfer", "flw", "transfer must be one of"),
+    ("feature_stages", (), "feature_stages must name at least one stage"),
+    ("feature_stages", (7,), r"backbone 'tf_efficientnet_lite0' .*feature stages \(7,\) .*feature_stages"),
+    ("backbone", "no_such_net", r"cannot build backbone 'no_such_net' \(ModelConfig.backbone\)"),
+])
+def test_model_config_values_are_checked(field, value, match):
+    """Each failed deep inside a kernel, in timm, or (transfer) only after match() had run."""
+    from scc.model import ModelConfig, SCCNet
+
+    with pytest.raises(ValueError, match=match):
+        SCCNet(ModelConfig(backbone_weights=None, **{field: value}))
+
+
 def test_align_stages_samples_each_stage_at_the_cell_centres():
     import torch.nn.functional as F
 
@@ -331,6 +349,19 @@ def test_sccnet_for_other_code_bases():
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         net.match((src - mean) / std, trg)
+    nan_img = src.clone()
+    nan_img[0, 0, 3, 3] = float("nan")  # one NaN pixel made every flow and conf NaN
+    with pytest.raises(ValueError, match=r"images must be finite, got values in \[nan, nan\]"):
+        net.match(nan_img, trg)
+    with pytest.raises(ValueError, match=r"B, H, W > 0, got \(0, 3, 48, 64\)"):
+        net.match(src[:0], trg[:0])
+    with pytest.raises(ValueError, match="must be a torch.Tensor .* got list"):
+        net.match(src.tolist(), trg)
+    with torch.no_grad():
+        for bad in (float("nan"), 5.0, -1.0):
+            with pytest.raises(ValueError, match=r"`mask_s` must hold values in \[0, 1\]"):
+                net.match(src, trg, torch.full((2, 3, 4), bad), torch.ones(2, 3, 3))
+        net.match(src, trg, torch.rand(2, 3, 4), torch.ones(2, 3, 3, dtype=torch.bool))
     edge = torch.zeros(1, 3, 12, 16)
     edge[..., 8:] = 1.0
     big = torch.nn.functional.interpolate(edge, scale_factor=4, mode="bicubic")  # overshoots [0, 1] by ~0.11
