@@ -91,7 +91,11 @@ def load(cls, path: str | None = None, sets: typing.Iterable[str] = (), flags: d
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"scc: config file not found: {path}")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            with p.open() as f:  # from the stream, YAML's message names the file and line
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"scc: config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"scc: config file {path} must hold a mapping, got {type(data).__name__}")
         cfg = apply_overrides(cfg, data)

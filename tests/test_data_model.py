@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,9 @@ def test_config_overrides(tmp_path):
     assert (t.out, t.data, t.val_data, t.cache_dir) == ("2024", "2024-01-01", "on", "7")
     p.write_text("out: 2024\n")
     assert cfgmod.load(TrainConfig, str(p)).out == "2024"
+    p.write_text("feature_stages: [1, 2\n")  # unclosed: a traceback naming "<unicode string>" before
+    with pytest.raises(ValueError, match=f"(?s)config file {re.escape(str(p))} is not valid YAML: .*line 1, column 17"):
+        cfgmod.load(TrainConfig, str(p))
     for bad, msg in (("steps=true", "`steps` expects int, got True"), ("steps=1.5", "`steps` expects int"),
                      ("amp=1", "`amp` expects bool"), ("lr=[1]", "`lr` expects float")):
         with pytest.raises(ValueError, match=msg):
