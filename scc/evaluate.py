@@ -145,6 +145,8 @@ def evaluate(model, dataset, cfg: EvalConfig, progress: bool = True) -> dict:
     """Run ``model`` over ``dataset`` (one pair per step) and return the PCK report (a JSON-able dict)."""
     from .data.common import collate_single
 
+    if cfg.img_size < 0:
+        raise ValueError(f"scc: EvalConfig.img_size (--img-size) must be >= 0 (0: the original size), got {cfg.img_size}")
     if cfg.every < 1:
         raise ValueError(f"scc: EvalConfig.every must be >= 1, got {cfg.every}")
     if cfg.max_pairs < 0:  # a negative slice end would silently drop pairs from the end

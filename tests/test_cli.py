@@ -100,6 +100,9 @@ def test_scc_eval_refusals_come_before_the_work(tmp_path, capsys, monkeypatch):
     assert "has no box annotations" in capsys.readouterr().err and not (tmp_path / "b.json").exists()
     assert main(base + ["--max-pairs", "-1", "--out", str(tmp_path / "n.json")]) == 2
     assert "must be >= 0 (0 = all pairs), got -1" in capsys.readouterr().err
+    assert main(base + ["--img-size", "-5", "--out", str(tmp_path / "s.json")]) == 2  # was PCK 0 at "-5 px"
+    assert "img_size (--img-size) must be >= 0 (0: the original size), got -5" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(base + ["--device", "cuda", "--out", str(tmp_path / "c.json")]) == 2
     assert "CUDA is not available on this machine" in capsys.readouterr().err
@@ -114,6 +117,8 @@ def test_scc_match_bad_pair_device_and_out(tmp_path, capsys, monkeypatch):
     for bad in ("5000", "-1"):  # -1 used to draw the last pair
         assert main(pair + ["--pair", bad, "--out", str(tmp_path / "p.png")]) == 2
         assert f"--pair {bad} is outside the dataset: pf-willow at {root} has 1 pairs (0..0)" in capsys.readouterr().err
+    assert main(pair + ["--pair", "0", "--img-size", "-5", "--out", str(tmp_path / "p.png")]) == 2
+    assert "img_size must be >= 0 pixels (0: the original size), got -5" in capsys.readouterr().err
     out = tmp_path / "sub" / "dir" / "m.png"  # missing folders are created, as eval does
     assert main(pair + ["--pair", "0", "--out", str(out)]) == 0 and out.is_file()
     (tmp_path / "file").write_text("")

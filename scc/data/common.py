@@ -24,6 +24,8 @@ def load_image(path: str | Path) -> Image.Image:
 
 def resize_longer(im: Image.Image, size: int | None) -> tuple[torch.Tensor, float]:
     """-> (3, H, W) float tensor in [0, 1] with max(H, W) = size (aspect kept), and the scale applied."""
+    if size is not None and size < 0:
+        raise ValueError(f"scc: img_size must be >= 0 pixels (0: the original size), got {size}")
     w, h = im.size
     scale = 1.0 if not size else size / max(w, h)
     if scale != 1.0:
@@ -34,6 +36,8 @@ def resize_longer(im: Image.Image, size: int | None) -> tuple[torch.Tensor, floa
 
 def to_square_tensor(im: Image.Image, size: int) -> torch.Tensor:
     """-> (3, size, size) float tensor in [0, 1] (aspect not kept: what batched training uses)."""
+    if size < 1:
+        raise ValueError(f"scc: img_size must be >= 1 pixel, got {size}")
     im = im.resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
