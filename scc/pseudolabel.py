@@ -217,10 +217,14 @@ def _box_to_original(box, size, img_size) -> list[float]:
 class PseudoLabeler:
     def __init__(self, cfg: PseudoLabelConfig, model: SCCNet | None = None):
         for name, lo, hi in (("min_kps", 1, 40), ("max_kps", 1, 40), ("pairs_per_class", 1, None),
-                             ("negatives", 1, None), ("min_pairs_per_image", 1, None)):
+                             ("negatives", 1, None), ("min_pairs_per_image", 1, None), ("batch_size", 1, None),
+                             ("max_per_class", 0, None), ("border_cells", 0, None), ("cycle_eps", 0, None),
+                             ("nms_cells", 0, None)):
             v = getattr(cfg, name)
-            if v < lo or (hi is not None and v > hi):
+            if not (v >= lo and (hi is None or v <= hi)):  # NaN fails too
                 raise ValueError(f"scc: PseudoLabelConfig.{name} must be in [{lo}, {hi or 'inf'}], got {v}")
+        if not 0 <= cfg.p_min < 1:  # a probability above 1 keeps nothing, silently
+            raise ValueError(f"scc: PseudoLabelConfig.p_min must be in [0, 1), got {cfg.p_min}")
         if not 0 <= cfg.val_frac + cfg.test_frac < 1 or min(cfg.val_frac, cfg.test_frac) < 0:
             raise ValueError(f"scc: PseudoLabelConfig.val_frac + test_frac must be in [0, 1), got "
                              f"{cfg.val_frac} + {cfg.test_frac}")
@@ -229,6 +233,9 @@ class PseudoLabeler:
             model = SCCNet.from_checkpoint(cfg.checkpoint) if cfg.checkpoint else SCCNet(ModelConfig())
         self.model = model.to(self.device).eval()
         self.cfg = cfg = resolve(cfg, self.model)  # the values used, in the fingerprint, summary and config.yaml
+        if cfg.img_size < 1 or not cfg.region_temp > 0 or not 0 <= cfg.mask_min < 1:
+            raise ValueError(f"scc: PseudoLabelConfig needs img_size >= 1, region_temp > 0 and mask_min in [0, 1), "
+                             f"got {cfg.img_size}, {cfg.region_temp}, {cfg.mask_min}")
         if cfg.img_size % self.model.stride:
             raise ValueError(f"scc: PseudoLabelConfig.img_size must be a multiple of the model's stride "
                              f"({self.model.stride}) so cells map to pixels exactly, got {cfg.img_size}")

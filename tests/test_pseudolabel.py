@@ -171,8 +171,13 @@ def test_bad_inputs(folder, tmp_path):
         PL.PseudoLabeler(_cfg(tmp_path / "dash", tmp_path / "o7"))
     with pytest.raises(ValueError, match="multiple of the model's stride"):
         PL.PseudoLabeler(_cfg(folder, tmp_path / "o8", ["img_size=100"]))
+    # batch_size 0 failed in range(), the others wrote 0 pairs or dropped each class's last image, silently
     for bad_set, field in (("min_kps=0", "min_kps"), ("max_kps=41", "max_kps"), ("negatives=0", "negatives"),
-                           ("val_frac=0.6", "val_frac")):
+                           ("val_frac=0.6", "val_frac"), ("batch_size=0", "batch_size must be in"),
+                           ("max_per_class=-1", "max_per_class must be in"), ("p_min=2", r"p_min must be in \[0, 1\)"),
+                           ("cycle_eps=-1", "cycle_eps must be in"), ("nms_cells=nan", "nms_cells must be in"),
+                           ("img_size=0", "img_size >= 1"), ("img_size=-16", "img_size >= 1"),
+                           ("mask_min=1.0", r"mask_min in \[0, 1\)")):
         with pytest.raises(ValueError, match=field):
             PL.PseudoLabeler(_cfg(folder, tmp_path / "o5", [bad_set, "test_frac=0.5"] if field == "val_frac" else [bad_set]))
     assert PL.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o4")]) == 2
