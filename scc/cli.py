@@ -24,7 +24,14 @@ def _model(args) -> SCCNet:
         if args.model_config or args.set_model:
             raise SystemExit("scc: --checkpoint carries its own model config; drop --model-config/--set-model")
         return SCCNet.from_checkpoint(args.checkpoint)
-    return SCCNet(cfgmod.load(ModelConfig, args.model_config, args.set_model))
+    cfg = cfgmod.load(ModelConfig, args.model_config, args.set_model)
+    learned = [name for name, on in (("proj_dim", cfg.proj_dim != 0), ("neigh_consensus", cfg.neigh_consensus),
+                                     ("unmatched_bin", cfg.unmatched_bin)) if on]
+    if learned:  # e.g. the .model.yaml written next to a report: it holds the config, not the weights
+        print(f"warning: ModelConfig has learned parts ({', '.join(learned)}) and no --checkpoint was given: they "
+              "start untrained (a random projection, convolutions or bin); pass the checkpoint to evaluate a "
+              "trained model", file=sys.stderr)
+    return SCCNet(cfg)
 
 
 def _prepare_out(path: Path) -> None:

@@ -103,6 +103,9 @@ def test_scc_eval_refusals_come_before_the_work(tmp_path, capsys, monkeypatch):
     assert main(base + ["--img-size", "-5", "--out", str(tmp_path / "s.json")]) == 2  # was PCK 0 at "-5 px"
     assert "img_size (--img-size) must be >= 0 (0: the original size), got -5" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+    # a config with learned parts and no checkpoint (the .model.yaml beside a report) evaluates, with a warning
+    assert main(base + ["--set-model", "proj_dim=8", "--out", str(tmp_path / "w.json")]) == 0
+    assert "learned parts (proj_dim) and no --checkpoint was given" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(base + ["--device", "cuda", "--out", str(tmp_path / "c.json")]) == 2
     assert "CUDA is not available on this machine" in capsys.readouterr().err
