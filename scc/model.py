@@ -326,6 +326,8 @@ class SCCNet(nn.Module):
                 src_kps.dim() == 3 and src_kps.shape[1] == 2) else ""
             raise ValueError(f"scc: src_kps must have shape (B={b}, N, 2) in pixels (x, y), got "
                              f"{tuple(src_kps.shape)}{hint}")
+        if src_kps.shape[1] == 0:  # no keypoints (an image without annotations): nothing to transfer
+            return src_kps.new_zeros(b, 0, 2, dtype=torch.float32)
         # pixel coordinates stay fp32 under autocast (bf16 is 2 px apart between 256 and 512 px)
         with torch.autocast(out["flow"].device.type, enabled=False):
             kps = src_kps.float()

@@ -136,6 +136,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name, lo in _AT_LEAST.items():
         if getattr(cfg, name) < lo:
             raise ValueError(f"scc: TrainConfig.{name} must be >= {lo}, got {getattr(cfg, name)}")
+    if cfg.warmup_steps >= cfg.steps:
+        warnings.warn(f"scc: warmup_steps ({cfg.warmup_steps}) >= steps ({cfg.steps}): the learning rate peaks at "
+                      f"{cfg.lr * cfg.steps / cfg.warmup_steps:.3g}, not lr ({cfg.lr:g}), and never decays", stacklevel=2)
 
 
 def check_train_dataset(cfg: TrainConfig) -> None:

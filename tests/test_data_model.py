@@ -344,6 +344,7 @@ def test_sccnet_for_other_code_bases():
         net.transfer_keypoints(torch.rand(2, 2, 5) * 40, out)
     with pytest.raises(ValueError, match=r"src_kps must have shape"):
         net.transfer_keypoints(torch.rand(5, 2), out)
+    assert net.transfer_keypoints(torch.zeros(2, 0, 2), out).shape == (2, 0, 2)  # was "`P` must not be empty"
     with pytest.raises(ValueError, match="floating point"):
         net.match((src * 255).to(torch.uint8), trg)
     with torch.no_grad():  # numpy's img / 255.0 is float64; NaN keypoints (a NaN-padded layout) come back NaN

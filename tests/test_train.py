@@ -112,6 +112,14 @@ def test_weak_training_needs_two_classes(tmp_path):
         T.Trainer(cfg(tmp_path, "dataset=imagefolder", f"data={tmp_path / 'empty'}"))
 
 
+def test_a_warmup_longer_than_the_run_warns(tmp_path, recwarn):
+    with pytest.warns(UserWarning, match=r"warmup_steps \(50\) >= steps \(6\): the learning rate peaks at 0.00012"):
+        T.check_train_config(cfg(tmp_path, "warmup_steps=50"))
+    recwarn.clear()
+    T.check_train_config(cfg(tmp_path))  # warmup 2 of 6 steps
+    assert not [w for w in recwarn if "warmup_steps" in str(w.message)]
+
+
 def test_cli_train_entry(tmp_path, capsys):
     from scc.cli import main
 
