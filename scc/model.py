@@ -145,6 +145,7 @@ class SCCNet(nn.Module):
         self.bin_logit = nn.Parameter(torch.tensor(float(cfg.bin_init))) if cfg.unmatched_bin else None
         self.register_buffer("bank", None)  # (N, D, h, w): see fill_bank()
         self._range_checked = False  # hyperpixels(): the input range check
+        self._mask_checked = False  # match_features(): the masks' range check
         self.checkpoint: dict | None = None  # where the weights came from (from_checkpoint), for result files
         self.train_config: dict | None = None  # how `scc train` made them (from_checkpoint), when it did
         self.stride = cfg.stride
@@ -289,13 +290,17 @@ class SCCNet(nn.Module):
 
     def match_features(self, fs, ft, mask_s=None, mask_t=None) -> dict:
         cfg = self.config
-        corr = self.filtered_volume(fs, ft)
+        # as the images' check: logits or 0-255 masks, NaN, refused (a resampled mask's overshoot is not);
+        # on a GPU (host syncs) only on the first call with masks
         if not torch.compiler.is_compiling():
             for name, m in (("mask_s", mask_s), ("mask_t", mask_t)):
-                if m is not None and m.is_floating_point() and m.numel():
-                    lo, hi = torch.aminmax(m.detach())  # NaN propagates into both
-                    if not (lo >= 0 and hi <= 1):
-                        raise ValueError(f"scc: `{name}` must hold values in [0, 1], got [{float(lo)}, {float(hi)}]")
+                if (m is not None and m.is_floating_point() and m.numel()
+                        and (m.device.type == "cpu" or not self._mask_checked)):
+                    lo, hi = (float(v) for v in torch.aminmax(m.detach()))  # NaN propagates into both
+                    if not (lo >= -0.5 and hi <= 1.5):
+                        raise ValueError(f"scc: `{name}` must hold values in [0, 1], got [{lo}, {hi}]")
+                    self._mask_checked = True
+        corr = self.filtered_volume(fs, ft)
         if mask_s is None and mask_t is None and self.bank is not None and cfg.vote:
             mask_s, mask_t = self.bank_masks(fs, ft, corr)
         if corr.dtype != torch.float32 and corr.dtype != torch.float64:
@@ -390,4 +395,7 @@ class SCCNet(nn.Module):
         net.checkpoint = dict(path=os.path.abspath(path), sha256=hashlib.sha256(data).hexdigest(),
                               **{k: payload[k] for k in ("step", "git_commit") if k in payload})
         net.train_config = payload.get("train_config")
+        if net.train_config is not None and payload.get("init_train_config") is not None:
+            # the run it started from (init_checkpoint), nested in turn: scc.pseudolabel.resolve reads the masks there
+            net.train_config = {**net.train_config, "init_train_config": payload["init_train_config"]}
         return net.eval()  # for inference; a training loop calls train() itself

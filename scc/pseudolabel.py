@@ -101,18 +101,29 @@ def stem_of(path: Path) -> str:
 _FROM_TRAINING = dict(img_size=(), region_bias=("loss",), region_temp=("loss",), mask_min=("loss",))
 
 
+def _weak_run(train_config: dict | None) -> dict | None:
+    """The training config that made the region masks: the run itself if weak, else (a strong run started
+    from init_checkpoint) the run it started from, in turn."""
+    while train_config is not None and train_config.get("mode") != "weak":
+        train_config = train_config.get("init_train_config")
+    return train_config
+
+
 def resolve(cfg: PseudoLabelConfig, model: SCCNet) -> PseudoLabelConfig:
-    """cfg with its unset (None) mask and size fields taken from the model's training config (a checkpoint
-    of `scc train`), or from TrainConfig's and LossConfig's defaults when the model has none."""
+    """cfg with its unset (None) fields taken from the model's training config (a checkpoint of `scc train`):
+    img_size from the checkpoint's own run, the mask fields from the weak run that trained the masks (the
+    run itself, or the one a strong run started from); TrainConfig's and LossConfig's defaults where there
+    is none."""
     from .train import TrainConfig  # not at import time: train imports the data and loss modules
 
     defaults = cfgmod.to_dict(TrainConfig())
-    trained = model.train_config or {}
+    own = model.train_config or {}
+    weak = _weak_run(model.train_config) or {}
     values = {}
     for name, where in _FROM_TRAINING.items():
         if getattr(cfg, name) is not None:
             continue
-        src, dft = trained, defaults
+        src, dft = (weak if where else own), defaults
         for key in where:
             src, dft = (src or {}).get(key), dft[key]
         values[name] = src.get(name, dft[name]) if isinstance(src, dict) else dft[name]
@@ -238,7 +249,8 @@ class PseudoLabeler:
                              f"got {cfg.img_size}, {cfg.region_temp}, {cfg.mask_min}")
         if cfg.img_size % self.model.stride:
             raise ValueError(f"scc: PseudoLabelConfig.img_size must be a multiple of the model's stride "
-                             f"({self.model.stride}) so cells map to pixels exactly, got {cfg.img_size}")
+                             f"({self.model.stride}) so cells map to pixels exactly, got {cfg.img_size} (unless "
+                             f"set, the checkpoint's training img_size)")
         self.root = Path(cfg.data)
         self.classes, files = scan_classes(self.root)
         self.files = [f[: cfg.max_per_class] if cfg.max_per_class else f for f in files]

@@ -136,8 +136,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name, lo in _AT_LEAST.items():
         if getattr(cfg, name) < lo:
             raise ValueError(f"scc: TrainConfig.{name} must be >= {lo}, got {getattr(cfg, name)}")
-    if cfg.warmup_steps >= cfg.steps:
-        warnings.warn(f"scc: warmup_steps ({cfg.warmup_steps}) >= steps ({cfg.steps}): the learning rate peaks at "
+    if cfg.warmup_steps > cfg.steps:
+        warnings.warn(f"scc: warmup_steps ({cfg.warmup_steps}) > steps ({cfg.steps}): the learning rate peaks at "
                       f"{cfg.lr * cfg.steps / cfg.warmup_steps:.3g}, not lr ({cfg.lr:g}), and never decays", stacklevel=2)
 
 
@@ -200,6 +200,10 @@ def read_state(path: Path, cfg: TrainConfig, compare_model: bool = True) -> dict
     if diff:
         raise ValueError(f"scc: --resume: {path} was written with another config ({'; '.join(diff)}); "
                          f"resume with the same config (see {path.parent / 'config.yaml'})")
+    if state["config"]["model"].get("unmatched_bin") and "bin_lr" not in state["config"]:
+        # written when no loss trained the bin (one optimizer group, no bin term): it cannot continue exactly
+        raise ValueError(f"scc: --resume: {path} was written before the unmatched bin was trained "
+                         "(bin_lr, loss.lambda_bin); start a new run")
     return state
 
 
@@ -320,6 +324,8 @@ class Trainer:
         random.seed(cfg.seed)
         if cfg.init_checkpoint:
             self.model = SCCNet.from_checkpoint(cfg.init_checkpoint).to(self.device)
+            # saved with this run's model: the masks a strong run's model was made with are its weak run's
+            self.init_train_config = self.model.train_config
             # its model config replaces cfg.model, and is saved with the run, so config.yaml says what trained
             self.cfg = cfg = dataclasses.replace(cfg, model=self.model.config)
             self.model.bank = None  # its features go stale as this run trains; refilled at the end (bank_size)
@@ -345,9 +351,11 @@ class Trainer:
             m, lc = cfg.model, cfg.loss
             if m.bank_size and (m.mask_bias, m.mask_temp) != (lc.region_bias, lc.region_temp):
                 # the bank's masks stand in for the training masks at inference: other b, t select other cells
+                how = (f"set loss.region_bias / region_temp to the values of {cfg.init_checkpoint}'s model (its config "
+                       "replaces model.*)") if cfg.init_checkpoint else "set them equal"
                 raise ValueError(f"scc: model.mask_bias / mask_temp ({m.mask_bias}, {m.mask_temp}), the bank's "
                                  f"inference masks, must equal the training masks' loss.region_bias / region_temp "
-                                 f"({lc.region_bias}, {lc.region_temp}); set them equal")
+                                 f"({lc.region_bias}, {lc.region_temp}); {how}")
             self.strategy = WeakSupervision(cfg.loss, cfg.use_region, cfg.use_pixel)
         elif cfg.mode == "strong":
             self.strategy = StrongSupervision(cfg.loss)
@@ -434,19 +442,18 @@ class Trainer:
             return
         config, commit = cfgmod.to_dict(self.cfg), self.commit
         # plain types only: model.pt says how it was trained and still loads with weights_only=True
-        self.model.save(str(self.out / "model.pt"), include_backbone=self.keep_backbone,
-                        extra=dict(train_config=config, step=self.step, git_commit=commit))
+        extra = dict(train_config=config, step=self.step, git_commit=commit)
+        if getattr(self, "init_train_config", None) is not None:
+            extra["init_train_config"] = self.init_train_config
+        self.model.save(str(self.out / "model.pt"), include_backbone=self.keep_backbone, extra=extra)
         state = dict(step=self.step, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
                      scheduler=self.sched.state_dict(), rng=_rng_state(self.device), config=config,
                      git_commit=commit)
         atomic_save(state, str(self.last_path))
 
-    def resume(self) -> None:
-        state = read_state(self.last_path, self.cfg)
-        if state["config"]["model"].get("unmatched_bin") and "bin_lr" not in state["config"]:
-            # written when no loss trained the bin (one optimizer group, no bin term): it cannot continue exactly
-            raise ValueError(f"scc: --resume: {self.last_path} was written before the unmatched bin was trained "
-                             "(bin_lr, loss.lambda_bin); start a new run")
+    def resume(self, state: dict | None = None) -> None:
+        """Continue from last.pt (`state`: as read_state read it for this run, e.g. before the Trainer was built)."""
+        state = state if state is not None else read_state(self.last_path, self.cfg)
         if "bank" in state["model"]:  # a finished run's bank (the model starts without one)
             self.model.bank = torch.empty_like(state["model"]["bank"], device=self.device)
         self.model.load_state_dict(state["model"])
@@ -620,13 +627,16 @@ def main(argv=None) -> int:
     try:
         cfg = cfgmod.load(TrainConfig, args.config, args.set)
         # before the model, the PCA and the feature cache are computed
+        state = None
         if args.resume:
-            read_state(Path(cfg.out) / "last.pt", cfg, compare_model=not cfg.init_checkpoint)
+            state = read_state(Path(cfg.out) / "last.pt", cfg, compare_model=not cfg.init_checkpoint)
         else:
             check_fresh_out(cfg)
         trainer = Trainer(cfg)
         if args.resume:
-            trainer.resume()
+            if cfg.init_checkpoint:  # its model config replaced cfg.model: compared now, in full
+                state = read_state(trainer.last_path, trainer.cfg)
+            trainer.resume(state)
         trainer.run()
     except (FileNotFoundError, ValueError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

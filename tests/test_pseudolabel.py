@@ -286,10 +286,16 @@ def test_check_pairs_reads_the_training_mask_threshold():
     def kept():
         return sum(len(o["src"]) for o in PL.check_pairs(model, fs, ft, torch.zeros(2, 5, 6), torch.zeros(2, 4, 7), cfg))
 
-    model.train_config = {"loss": {"mask_min": 0.0}}
+    model.train_config = {"mode": "weak", "loss": {"mask_min": 0.0}}
     assert kept() > 0
-    model.train_config = {"loss": {"mask_min": 1.0}}  # a sigmoid never exceeds 1: no cell is inside
+    model.train_config = {"mode": "weak", "loss": {"mask_min": 1.0}}  # a sigmoid never exceeds 1: no cell is inside
     assert kept() == 0
+    # a strong run's masks are those of the weak run it started from (init_checkpoint), not its own loss config
+    model.train_config = {"mode": "strong", "loss": {"mask_min": 0.0},
+                          "init_train_config": {"mode": "weak", "loss": {"mask_min": 1.0}}}
+    assert kept() == 0
+    model.train_config = {"mode": "strong", "loss": {"mask_min": 1.0}}  # no weak run: the defaults (0.5)
+    assert kept() > 0
 
 
 @pytest.mark.parametrize("vote", [True, False])

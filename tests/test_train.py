@@ -113,10 +113,11 @@ def test_weak_training_needs_two_classes(tmp_path):
 
 
 def test_a_warmup_longer_than_the_run_warns(tmp_path, recwarn):
-    with pytest.warns(UserWarning, match=r"warmup_steps \(50\) >= steps \(6\): the learning rate peaks at 0.00012"):
+    with pytest.warns(UserWarning, match=r"warmup_steps \(50\) > steps \(6\): the learning rate peaks at 0.00012"):
         T.check_train_config(cfg(tmp_path, "warmup_steps=50"))
     recwarn.clear()
     T.check_train_config(cfg(tmp_path))  # warmup 2 of 6 steps
+    T.check_train_config(cfg(tmp_path, "warmup_steps=6"))  # lr reached at the last step
     assert not [w for w in recwarn if "warmup_steps" in str(w.message)]
 
 
@@ -222,6 +223,10 @@ def test_init_checkpoint_keeps_a_fine_tuned_backbone(tmp_path):
     tr.run(progress=False)
     saved = torch.load(tmp_path / "next" / "model.pt", weights_only=False)["state_dict"]
     assert any(k.startswith("backbone.") for k in saved)  # not silently replaced by the ImageNet backbone
+    # the strong run's model names the weak run it started from (its masks: scc.pseudolabel.resolve)
+    tc = SCCNet.from_checkpoint(str(tmp_path / "next" / "model.pt")).train_config
+    assert tc["mode"] == "strong" and tc["init_train_config"]["mode"] == "weak"
+    assert tc["init_train_config"]["unfreeze_backbone"] is True
 
 
 def steps_logged(out):
@@ -366,3 +371,14 @@ def test_files_follow_the_umask(tmp_path):
         assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_resume_refuses_a_state_from_before_the_bin_was_trained(tmp_path, monkeypatch, capsys):
+    T.Trainer(cfg(tmp_path, "model.unmatched_bin=true")).run(progress=False, stop_after=3)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    del state["config"]["bin_lr"]  # as written before the bin had its own optimizer group and loss
+    torch.save(state, tmp_path / "last.pt")
+    monkeypatch.setattr(T, "Trainer", lambda *a, **k: pytest.fail("the Trainer was built before the refusal"))
+    sets = [x for s in SETS + [f"out={tmp_path}", "model.unmatched_bin=true"] for x in ("--set", s)]
+    assert T.main(sets + ["--resume"]) == 2
+    assert "was written before the unmatched bin was trained" in capsys.readouterr().err

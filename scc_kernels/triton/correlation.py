@@ -316,7 +316,8 @@ def _corr_bwd_kernel(
              mask=mask_m[:, None] & mask_n[None, :])
 
 
-MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2, which carry the batch (and channel blocks)
+MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2, which carry the batch (and fused_match's backward
+# its channel blocks, C / BLOCK_C: within the limit below C = 4M)
 
 
 def check_triton_limits(fs: torch.Tensor, ft: torch.Tensor) -> None:
@@ -324,7 +325,7 @@ def check_triton_limits(fs: torch.Tensor, ft: torch.Tensor) -> None:
     every K-loop would cost registers), so each row-padded (C, h w) map must stay below 2^31 elements; the
     batch rides on grid axis 1 or 2, so B is at most 65535 (a ValueError here, not a refused launch)."""
     if fs.shape[0] > MAX_GRID_YZ:
-        raise ValueError(f"scc: the Triton kernels take at most {MAX_GRID_YZ} batch items (B, grid axis 1), "
+        raise ValueError(f"scc: the Triton kernels take at most {MAX_GRID_YZ} batch items (B, grid axis 1 or 2), "
                          f"got B = {fs.shape[0]}; split the batch")
     for name, x in (("fs", fs), ("ft", ft)):
         c, n = x.shape[1], x.shape[2] * x.shape[3]
