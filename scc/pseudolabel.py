@@ -98,9 +98,6 @@ def stem_of(path: Path) -> str:
 
 # ---- the check ---------------------------------------------------------------------------------------
 
-_FROM_TRAINING = dict(img_size=(), region_bias=("loss",), region_temp=("loss",), mask_min=("loss",))
-
-
 def _weak_run(train_config: dict | None) -> dict | None:
     """The training config that made the region masks: the run itself if weak, else (a strong run started
     from init_checkpoint) the run it started from, in turn."""
@@ -114,21 +111,16 @@ def resolve(cfg: PseudoLabelConfig, model: SCCNet) -> PseudoLabelConfig:
     img_size from the checkpoint's own run, the mask fields from the weak run that trained the masks (the
     run itself, or the one a strong run started from); TrainConfig's and LossConfig's defaults where there
     is none."""
+    unset = [f for f in ("img_size", "region_bias", "region_temp", "mask_min") if getattr(cfg, f) is None]
+    if not unset:
+        return cfg
+    from .losses import LossConfig
     from .train import TrainConfig  # not at import time: train imports the data and loss modules
 
-    defaults = cfgmod.to_dict(TrainConfig())
     own = model.train_config or {}
-    weak = _weak_run(model.train_config) or {}
-    values = {}
-    for name, where in _FROM_TRAINING.items():
-        if getattr(cfg, name) is not None:
-            continue
-        src, dft = (weak if where else own), defaults
-        for key in where:
-            src, dft = (src or {}).get(key), dft[key]
-        values[name] = src.get(name, dft[name]) if isinstance(src, dict) else dft[name]
-    return dataclasses.replace(cfg, **values) if values else cfg
-
+    loss = {**cfgmod.to_dict(LossConfig()), **(_weak_run(model.train_config) or {}).get("loss", {})}
+    trained = dict(img_size=own.get("img_size", TrainConfig.img_size), **loss)
+    return dataclasses.replace(cfg, **{f: trained[f] for f in unset})
 
 
 def sample_pairs(n: int, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:

@@ -182,6 +182,12 @@ def check_fresh_out(cfg: TrainConfig) -> None:
 def read_state(path: Path, cfg: TrainConfig, compare_model: bool = True) -> dict:
     """The training state at `path` (last.pt), refused when unreadable or written with another config than
     cfg (compare_model=False: all but cfg.model, which an init_checkpoint replaces when the Trainer starts)."""
+    state = _load_state(path)
+    check_state(state, cfg, path, compare_model)
+    return state
+
+
+def _load_state(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"scc: --resume: no checkpoint at {path}")
     # on the CPU: RNG states must stay CPU ByteTensors; load_state_dict moves weights and optimizer
@@ -193,6 +199,12 @@ def read_state(path: Path, cfg: TrainConfig, compare_model: bool = True) -> dict
     except Exception as exc:  # truncated or foreign: torch's own message names no file
         raise ValueError(f"scc: --resume: cannot read {path} ({type(exc).__name__}: {exc}); "
                          "scc writes it atomically, so it was cut short or replaced after") from exc
+    return state
+
+
+def check_state(state: dict, cfg: TrainConfig, path: Path, compare_model: bool = True) -> None:
+    """Refuse a training state (read from `path`) written with another config than cfg, or one that cannot
+    continue exactly."""
     old, new = _same_run(state["config"]), _same_run(cfgmod.to_dict(cfg))
     if not compare_model:
         old.pop("model", None), new.pop("model", None)
@@ -204,7 +216,6 @@ def read_state(path: Path, cfg: TrainConfig, compare_model: bool = True) -> dict
         # written when no loss trained the bin (one optimizer group, no bin term): it cannot continue exactly
         raise ValueError(f"scc: --resume: {path} was written before the unmatched bin was trained "
                          "(bin_lr, loss.lambda_bin); start a new run")
-    return state
 
 
 def _same_run(config: dict) -> dict:
@@ -324,8 +335,6 @@ class Trainer:
         random.seed(cfg.seed)
         if cfg.init_checkpoint:
             self.model = SCCNet.from_checkpoint(cfg.init_checkpoint).to(self.device)
-            # saved with this run's model: the masks a strong run's model was made with are its weak run's
-            self.init_train_config = self.model.train_config
             # its model config replaces cfg.model, and is saved with the run, so config.yaml says what trained
             self.cfg = cfg = dataclasses.replace(cfg, model=self.model.config)
             self.model.bank = None  # its features go stale as this run trains; refilled at the end (bank_size)
@@ -443,8 +452,8 @@ class Trainer:
         config, commit = cfgmod.to_dict(self.cfg), self.commit
         # plain types only: model.pt says how it was trained and still loads with weights_only=True
         extra = dict(train_config=config, step=self.step, git_commit=commit)
-        if getattr(self, "init_train_config", None) is not None:
-            extra["init_train_config"] = self.init_train_config
+        if self.model.train_config is not None:  # the init_checkpoint's run: a strong run's masks are its weak run's
+            extra["init_train_config"] = self.model.train_config
         self.model.save(str(self.out / "model.pt"), include_backbone=self.keep_backbone, extra=extra)
         state = dict(step=self.step, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
                      scheduler=self.sched.state_dict(), rng=_rng_state(self.device), config=config,
@@ -452,8 +461,9 @@ class Trainer:
         atomic_save(state, str(self.last_path))
 
     def resume(self, state: dict | None = None) -> None:
-        """Continue from last.pt (`state`: as read_state read it for this run, e.g. before the Trainer was built)."""
-        state = state if state is not None else read_state(self.last_path, self.cfg)
+        """Continue from last.pt (`state`: last.pt as read_state read it before the Trainer was built)."""
+        state = state if state is not None else _load_state(self.last_path)
+        check_state(state, self.cfg, self.last_path)  # in full: an init_checkpoint's model config is known now
         if "bank" in state["model"]:  # a finished run's bank (the model starts without one)
             self.model.bank = torch.empty_like(state["model"]["bank"], device=self.device)
         self.model.load_state_dict(state["model"])
@@ -634,8 +644,6 @@ def main(argv=None) -> int:
             check_fresh_out(cfg)
         trainer = Trainer(cfg)
         if args.resume:
-            if cfg.init_checkpoint:  # its model config replaced cfg.model: compared now, in full
-                state = read_state(trainer.last_path, trainer.cfg)
             trainer.resume(state)
         trainer.run()
     except (FileNotFoundError, ValueError, FloatingPointError) as exc:
